@@ -1,0 +1,30 @@
+"""The interface every backing store implements for its PR-info slot."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class StoreError(OSError):
+    """The store could not be read or written (not a lost race: that is a False CAS)."""
+
+
+class PRSlot(Protocol):
+    """One LU's ``pr_info`` blob, shared by every gateway that exports the LU.
+
+    The token of the compare-and-swap is the exact bytes last read: a v1 peer (SUSE's
+    target_core_rbd) guards its writes the same way, so both kinds of writer interlock.
+    """
+
+    def read(self) -> bytes:
+        """The stored blob, trailing NUL included; ``b""`` when never written."""
+        ...
+
+    def compare_and_swap(self, expected: bytes, new: bytes) -> bool:
+        """Store ``new`` if the slot still holds ``expected``; False if another writer won.
+
+        Returns only once ``new`` is durable.  Raises StoreError on I/O failure.
+        """
+        ...
+
+    def close(self) -> None: ...

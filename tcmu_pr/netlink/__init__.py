@@ -1,0 +1,1 @@
+"""The TCM-USER generic-netlink side of the daemon."""
