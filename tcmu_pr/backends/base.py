@@ -28,3 +28,37 @@ class PRSlot(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class DataBackend(Protocol):
+    """Block data of one LU, for the commands the native fast path hands to Python.
+
+    The native ring loop does READ/WRITE itself through its own C ops table; this is the
+    slower, complete interface the SCSI emulation uses (WRITE SAME, UNMAP, COMPARE AND WRITE,
+    SYNCHRONIZE CACHE).  Offsets and lengths are in bytes and already range-checked.
+    """
+
+    @property
+    def size(self) -> int:
+        """Capacity in bytes."""
+        ...
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    def write(self, offset: int, data: bytes) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def discard(self, offset: int, length: int) -> None:
+        """Deallocate; later reads return zeros."""
+        ...
+
+    def compare_and_write(self, offset: int, expected: bytes, data: bytes) -> int | None:
+        """Atomically write ``data`` if the range holds ``expected``.
+
+        Returns None on success, else the byte offset (within the range) of the first
+        mismatch, nothing written.
+        """
+        ...
+
+    def close(self) -> None: ...
