@@ -1,0 +1,157 @@
+"""INQUIRY: standard data and the VPD pages hosts read at probe time (SPC-4 §6.6, §7.8; SBC-3 §6.6).
+
+Pure functions of the ``DeviceInfo``.  The identity pages (0x80, 0x83) depend only on the LU
+identity plus the optional per-port designators, which is what lets multipath group the
+devices of one image.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from tcmu_pr.emulation.cdb import invalid_field, u
+from tcmu_pr.emulation.device import DeviceInfo
+
+# VPD page codes.
+VPD_SUPPORTED = 0x00
+VPD_UNIT_SERIAL = 0x80
+VPD_DEVICE_ID = 0x83
+VPD_BLOCK_LIMITS = 0xB0
+VPD_BLOCK_CHARACTERISTICS = 0xB1
+VPD_LOGICAL_BLOCK_PROVISIONING = 0xB2
+
+# Designator code sets / associations / types (SPC-4 §7.8.6.1).
+_CODE_BINARY = 1
+_CODE_ASCII = 2
+_ASSOC_LU = 0
+_ASSOC_TARGET_PORT = 1
+_TYPE_T10_VENDOR = 1
+_TYPE_NAA = 3
+_TYPE_RELATIVE_PORT = 4
+_TYPE_TARGET_PORT_GROUP = 5
+
+_PERIPHERAL_DISK = 0x00
+_VERSION_SPC4 = 0x06
+
+
+def _pad(text: str, width: int) -> bytes:
+    return text.encode("ascii").ljust(width, b" ")
+
+
+def standard_inquiry(dev: DeviceInfo) -> bytes:
+    """36 bytes: a direct-access block device, SPC-4, command queuing, no 3PC."""
+    buf = bytearray(36)
+    buf[0] = _PERIPHERAL_DISK
+    buf[2] = _VERSION_SPC4
+    buf[3] = 0x10 | 0x02  # HISUP, RESPONSE DATA FORMAT 2
+    buf[4] = len(buf) - 5
+    buf[5] = dev.tpgs << 4
+    buf[7] = 0x02  # CMDQUE
+    buf[8:16] = _pad(dev.vendor, 8)
+    buf[16:32] = _pad(dev.product, 16)
+    buf[32:36] = _pad(dev.revision, 4)
+    return bytes(buf)
+
+
+def _page(code: int, payload: bytes) -> bytes:
+    return struct.pack(">BBH", _PERIPHERAL_DISK, code, len(payload)) + payload
+
+
+def _designator(code_set: int, assoc: int, kind: int, value: bytes) -> bytes:
+    return bytes([code_set, (assoc << 4) | kind, 0, len(value)]) + value
+
+
+def _device_identification(dev: DeviceInfo) -> bytes:
+    designators = [
+        _designator(_CODE_BINARY, _ASSOC_LU, _TYPE_NAA, dev.naa),
+        _designator(
+            _CODE_ASCII, _ASSOC_LU, _TYPE_T10_VENDOR, _pad(dev.vendor, 8) + dev.serial.encode()
+        ),
+    ]
+    if dev.rtpi is not None:
+        value = struct.pack(">HH", 0, dev.rtpi)
+        designators.append(
+            _designator(_CODE_BINARY, _ASSOC_TARGET_PORT, _TYPE_RELATIVE_PORT, value)
+        )
+    if dev.target_port_group is not None:
+        value = struct.pack(">HH", 0, dev.target_port_group)
+        designators.append(
+            _designator(_CODE_BINARY, _ASSOC_TARGET_PORT, _TYPE_TARGET_PORT_GROUP, value)
+        )
+    return b"".join(designators)
+
+
+def _block_limits(dev: DeviceInfo) -> bytes:
+    """SBC-3 §6.6.3.  WSNZ is set: a WRITE SAME of zero blocks is refused, not "to the end"."""
+    unmap_lbas = dev.max_unmap_lbas if dev.thin else 0
+    unmap_descs = dev.max_unmap_descriptors if dev.thin else 0
+    granularity = 1 << dev.physical_block_exponent
+    return struct.pack(
+        ">BBHIIIIIIIQ20x",
+        0x01,  # WSNZ
+        dev.max_compare_and_write_lbas,
+        granularity,  # OPTIMAL TRANSFER LENGTH GRANULARITY
+        dev.max_transfer_lbas,
+        dev.max_transfer_lbas,  # OPTIMAL TRANSFER LENGTH
+        0,  # MAXIMUM PREFETCH LENGTH
+        unmap_lbas,
+        unmap_descs,
+        granularity if dev.thin else 0,  # OPTIMAL UNMAP GRANULARITY
+        0,  # UGAVALID = 0
+        dev.max_write_same_lbas,
+    )
+
+
+def _block_characteristics() -> bytes:
+    """SBC-3 §6.6.2: rotation rate 1 (non-rotating medium), form factor not reported."""
+    return struct.pack(">H58x", 1)
+
+
+def _provisioning(dev: DeviceInfo) -> bytes:
+    """SBC-3 §6.6.4: LBPU/LBPWS/LBPWS10 and LBPRZ when thin; provisioning type 2 (thin)."""
+    if not dev.thin:
+        return bytes(4)
+    return bytes([0, 0x80 | 0x40 | 0x20 | 0x04, 0x02, 0])
+
+
+def vpd_page(dev: DeviceInfo, code: int) -> bytes | None:
+    """The VPD page ``code``, or None when it is not supported."""
+    if code == VPD_SUPPORTED:
+        return _page(code, bytes(SUPPORTED_PAGES))
+    if code == VPD_UNIT_SERIAL:
+        return _page(code, dev.serial.encode("ascii"))
+    if code == VPD_DEVICE_ID:
+        return _page(code, _device_identification(dev))
+    if code == VPD_BLOCK_LIMITS:
+        return _page(code, _block_limits(dev))
+    if code == VPD_BLOCK_CHARACTERISTICS:
+        return _page(code, _block_characteristics())
+    if code == VPD_LOGICAL_BLOCK_PROVISIONING:
+        return _page(code, _provisioning(dev))
+    return None
+
+
+SUPPORTED_PAGES = (
+    VPD_SUPPORTED,
+    VPD_UNIT_SERIAL,
+    VPD_DEVICE_ID,
+    VPD_BLOCK_LIMITS,
+    VPD_BLOCK_CHARACTERISTICS,
+    VPD_LOGICAL_BLOCK_PROVISIONING,
+)
+
+
+def inquiry(dev: DeviceInfo, cdb: bytes) -> bytes:
+    """INQUIRY (6-byte CDB, length already checked); data-in cut to ALLOCATION LENGTH."""
+    evpd, cmddt, page_code = cdb[1] & 0x01, cdb[1] & 0x02, cdb[2]
+    if cmddt:  # obsolete in SPC-4: a device that does not support it shall reject it
+        raise invalid_field()
+    if evpd:
+        data = vpd_page(dev, page_code)
+        if data is None:
+            raise invalid_field()
+    elif page_code:
+        raise invalid_field()
+    else:
+        data = standard_inquiry(dev)
+    return data[: u(cdb, 3, 2)]

@@ -1,0 +1,209 @@
+"""Test-side helpers for the emulation tests: CDB builders and small independent decoders.
+
+The decoders follow the SPC-4/SBC-3 tables field by field (like sg_inq / sg_vpd /
+sg_readcap print them) and share no code with tcmu_pr.emulation, so an encoder bug
+cannot hide behind a matching decoder bug.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+from tcmu_pr.backends.file_data import FileDataBackend
+from tcmu_pr.emulation import DeviceInfo, Emulator
+
+
+def make_emulator(path: str, size: int = 1 << 20, **options: object) -> Emulator:
+    """An Emulator over a fresh sparse file of ``size`` bytes at ``path``."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    backend = FileDataBackend(path, read_only=bool(options.get("read_only", False)))
+    options.setdefault("identity", "file:" + os.path.basename(path))
+    identity = str(options.pop("identity"))
+    return Emulator(DeviceInfo.from_size(identity, backend.size, **options), backend)
+
+
+# --- CDB builders -----------------------------------------------------------------------
+
+
+def inquiry_cdb(evpd: int = 0, page: int = 0, alloc: int = 255, cmddt: int = 0) -> bytes:
+    return bytes([0x12, evpd | (cmddt << 1), page]) + alloc.to_bytes(2, "big") + b"\0"
+
+
+def rw10(opcode: int, lba: int, blocks: int, flags: int = 0) -> bytes:
+    return struct.pack(">BBIBHB", opcode, flags, lba, 0, blocks, 0)
+
+
+def rw16(opcode: int, lba: int, blocks: int, flags: int = 0) -> bytes:
+    return struct.pack(">BBQIBB", opcode, flags, lba, blocks, 0, 0)
+
+
+def caw(lba: int, blocks: int, flags: int = 0) -> bytes:
+    return struct.pack(">BBQ3xBBB", 0x89, flags, lba, blocks, 0, 0)
+
+
+def unmap_cdb(param_len: int, anchor: int = 0) -> bytes:
+    return struct.pack(">BB4xBHB", 0x42, anchor, 0, param_len, 0)
+
+
+def unmap_params(ranges: list[tuple[int, int]]) -> bytes:
+    descs = b"".join(struct.pack(">QI4x", lba, n) for lba, n in ranges)
+    return struct.pack(">HH4x", len(descs) + 6, len(descs)) + descs
+
+
+# --- decoders ---------------------------------------------------------------------------
+
+
+@dataclass
+class SenseData:
+    response_code: int
+    valid: bool
+    key: int
+    information: int
+    asc: int
+    ascq: int
+
+
+def parse_sense(buf: bytes) -> SenseData:
+    assert buf is not None and len(buf) >= 14
+    code = buf[0] & 0x7F
+    assert code in (0x70, 0x71), f"not fixed-format sense: {buf.hex()}"
+    assert buf[7] + 8 <= len(buf)
+    return SenseData(
+        code, bool(buf[0] & 0x80), buf[2] & 0x0F, int.from_bytes(buf[3:7], "big"), buf[12], buf[13]
+    )
+
+
+def assert_check(reply: tuple, key: int, asc: int, ascq: int = 0) -> SenseData:
+    status, sense, data = reply
+    assert status == 0x02, reply
+    assert data is None
+    s = parse_sense(sense)
+    assert (s.key, s.asc, s.ascq) == (key, asc, ascq), s
+    return s
+
+
+def assert_good(reply: tuple) -> bytes | None:
+    status, sense, data = reply
+    assert status == 0 and sense is None, (status, sense and parse_sense(sense))
+    return data
+
+
+def parse_standard_inquiry(buf: bytes) -> dict:
+    return {
+        "qualifier": buf[0] >> 5,
+        "device_type": buf[0] & 0x1F,
+        "rmb": buf[1] >> 7,
+        "version": buf[2],
+        "normaca": (buf[3] >> 5) & 1,
+        "hisup": (buf[3] >> 4) & 1,
+        "response_format": buf[3] & 0x0F,
+        "additional_length": buf[4],
+        "sccs": buf[5] >> 7,
+        "tpgs": (buf[5] >> 4) & 3,
+        "3pc": (buf[5] >> 3) & 1,
+        "protect": buf[5] & 1,
+        "cmdque": (buf[7] >> 1) & 1,
+        "vendor": buf[8:16].decode("ascii"),
+        "product": buf[16:32].decode("ascii"),
+        "revision": buf[32:36].decode("ascii"),
+    }
+
+
+def parse_vpd_header(buf: bytes) -> tuple[int, bytes]:
+    """(page code, payload); checks the page length against the buffer."""
+    assert buf[0] == 0x00  # peripheral qualifier 0, direct access
+    length = int.from_bytes(buf[2:4], "big")
+    assert len(buf) == 4 + length, (len(buf), length)
+    return buf[1], buf[4:]
+
+
+def parse_designators(payload: bytes) -> list[dict]:
+    out, pos = [], 0
+    while pos < len(payload):
+        head = payload[pos : pos + 4]
+        length = head[3]
+        out.append(
+            {
+                "protocol": head[0] >> 4,
+                "code_set": head[0] & 0x0F,
+                "piv": head[1] >> 7,
+                "association": (head[1] >> 4) & 3,
+                "type": head[1] & 0x0F,
+                "value": payload[pos + 4 : pos + 4 + length],
+            }
+        )
+        pos += 4 + length
+    assert pos == len(payload)
+    return out
+
+
+def parse_block_limits(payload: bytes) -> dict:
+    assert len(payload) == 0x3C
+    g = lambda a, n: int.from_bytes(payload[a - 4 : a - 4 + n], "big")  # noqa: E731 - SBC offsets
+    return {
+        "wsnz": payload[0] & 1,
+        "max_caw": g(5, 1),
+        "opt_granularity": g(6, 2),
+        "max_transfer": g(8, 4),
+        "opt_transfer": g(12, 4),
+        "max_unmap_lbas": g(20, 4),
+        "max_unmap_descs": g(24, 4),
+        "opt_unmap_granularity": g(28, 4),
+        "ugavalid": g(32, 4) >> 31,
+        "max_write_same": g(36, 8),
+    }
+
+
+def parse_readcap16(buf: bytes) -> dict:
+    return {
+        "last_lba": int.from_bytes(buf[0:8], "big"),
+        "block_size": int.from_bytes(buf[8:12], "big"),
+        "prot_en": buf[12] & 1,
+        "lbppbe": buf[13] & 0x0F,
+        "lbpme": buf[14] >> 7,
+        "lbprz": (buf[14] >> 6) & 1,
+        "lowest_aligned": int.from_bytes(buf[14:16], "big") & 0x3FFF,
+    }
+
+
+def parse_mode(buf: bytes, ten: bool) -> dict:
+    """Header, block descriptors and a {page code: page bytes} map of MODE SENSE data."""
+    if ten:
+        length = int.from_bytes(buf[0:2], "big") + 2
+        medium, dsp, longlba = buf[2], buf[3], buf[4] & 1
+        bd_len = int.from_bytes(buf[6:8], "big")
+        pos = 8
+    else:
+        length = buf[0] + 1
+        medium, dsp, longlba, bd_len = buf[1], buf[2], 0, buf[3]
+        pos = 4
+    assert length == len(buf), (length, len(buf))
+    bds = buf[pos : pos + bd_len]
+    pos += bd_len
+    pages = {}
+    while pos < length:
+        code, plen = buf[pos] & 0x3F, buf[pos + 1]
+        assert not buf[pos] & 0x40  # no subpage format
+        pages[code] = buf[pos : pos + 2 + plen]
+        pos += 2 + plen
+    assert pos == length
+    blocks = block_len = None
+    if bds:
+        if longlba:
+            assert len(bds) == 16
+            blocks, block_len = int.from_bytes(bds[0:8], "big"), int.from_bytes(bds[12:16], "big")
+        else:
+            assert len(bds) == 8
+            blocks, block_len = int.from_bytes(bds[0:4], "big"), int.from_bytes(bds[5:8], "big")
+    return {
+        "medium": medium,
+        "wp": dsp >> 7,
+        "dpofua": (dsp >> 4) & 1,
+        "longlba": longlba,
+        "blocks": blocks,
+        "block_len": block_len,
+        "pages": pages,
+    }
