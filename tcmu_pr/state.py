@@ -35,7 +35,7 @@ U32 = 0xFFFFFFFF
 
 
 def _covers(recorded: Nexus, all_tg_pt: bool, nexus: Nexus) -> bool:
-    """Whether a record made on ``recorded`` (on every target port if ``all_tg_pt``) is ``nexus``'s."""
+    """Whether a record made on ``recorded`` (every port if ``all_tg_pt``) is ``nexus``'s."""
     if not recorded.same_initiator_port(nexus):
         return False
     return all_tg_pt or recorded.same_target_port(nexus)
