@@ -1,0 +1,600 @@
+/*
+ * tcmu-pr native command-ring loop.
+ *
+ * Serves READ/WRITE(6/10/12/16) straight from the ring's iovecs (no copy) after checking
+ * the device's PR verdict; hands every other command to Python. The ring is shared with
+ * the kernel and nothing in it is trusted: every offset, length and count read from it is
+ * bounds-checked against the mapping before use, CDBs and iovecs are copied out before
+ * they are checked (so a concurrent change cannot slip past a check), and a structurally
+ * corrupt ring stops the loop with an error code instead of looping or scribbling.
+ */
+#define _GNU_SOURCE
+#include "ring.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Offsets the kernel uses (include/uapi/linux/target_core_user.h, 6.x). */
+_Static_assert(offsetof(struct tcmu_mailbox, cmd_head) == 12, "cmd_head");
+_Static_assert(offsetof(struct tcmu_mailbox, cmd_tail) == 64, "cmd_tail");
+_Static_assert(sizeof(struct tcmu_mailbox) == 128, "mailbox size");
+_Static_assert(sizeof(struct tcmu_cmd_entry_hdr) == 8, "hdr size");
+_Static_assert(offsetof(struct tcmu_cmd_entry, req.iov_cnt) == 8, "iov_cnt");
+_Static_assert(offsetof(struct tcmu_cmd_entry, req.cdb_off) == 24, "cdb_off");
+_Static_assert(offsetof(struct tcmu_cmd_entry, req.iov) == 48, "iov");
+_Static_assert(offsetof(struct tcmu_cmd_entry, rsp.scsi_status) == 8, "scsi_status");
+_Static_assert(offsetof(struct tcmu_cmd_entry, rsp.read_len) == 12, "read_len");
+_Static_assert(offsetof(struct tcmu_cmd_entry, rsp.sense_buffer) == 16, "sense");
+_Static_assert(sizeof(struct tcmu_cmd_entry) == 112, "entry size");
+_Static_assert(sizeof(struct iovec) == 16, "iovec");
+
+#define ENTRY_IOV_OFF 48u
+#define ENTRY_MIN_LEN ((uint32_t)sizeof(struct tcmu_cmd_entry))
+#define IOV_CHUNK 64 /* iovecs handed to one readv/writev call */
+
+#define ST_GOOD 0x00
+#define ST_CHECK_CONDITION 0x02
+#define ST_RESERVATION_CONFLICT 0x18
+
+/* sense key, ASC, ASCQ */
+#define SENSE_INVALID_FIELD_IN_CDB 0x05, 0x24, 0x00
+#define SENSE_LBA_OUT_OF_RANGE 0x05, 0x21, 0x00
+#define SENSE_INTERNAL_TARGET_FAILURE 0x04, 0x44, 0x00
+#define SENSE_READ_ERROR 0x03, 0x11, 0x00
+#define SENSE_WRITE_ERROR 0x03, 0x0c, 0x00
+
+/* ---- file backend ------------------------------------------------------------------ */
+
+static ssize_t file_readv(void *b, const struct iovec *iov, int cnt, uint64_t off)
+{
+	ssize_t n = preadv(((struct ring_file_backend *)b)->fd, iov, cnt, (off_t)off);
+	return n < 0 ? -errno : n;
+}
+
+static ssize_t file_writev(void *b, const struct iovec *iov, int cnt, uint64_t off)
+{
+	ssize_t n = pwritev(((struct ring_file_backend *)b)->fd, iov, cnt, (off_t)off);
+	return n < 0 ? -errno : n;
+}
+
+static int file_flush(void *b)
+{
+	return fdatasync(((struct ring_file_backend *)b)->fd) < 0 ? -errno : 0;
+}
+
+const struct ring_backend_ops ring_file_ops = {
+	.readv = file_readv,
+	.writev = file_writev,
+	.flush = file_flush,
+};
+
+/* ---- small helpers ----------------------------------------------------------------- */
+
+static inline struct tcmu_mailbox *mailbox(struct ring_ctx *ctx)
+{
+	return (struct tcmu_mailbox *)ctx->map;
+}
+
+static inline uint32_t load_u32(const void *p)
+{
+	uint32_t v;
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+static inline uint64_t load_u64(const void *p)
+{
+	uint64_t v;
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+static inline uint64_t be(const uint8_t *p, int n)
+{
+	uint64_t v = 0;
+	for (int i = 0; i < n; i++)
+		v = (v << 8) | p[i];
+	return v;
+}
+
+/* [off, off+len) inside [lo, hi), without overflow. */
+static inline int in_range(uint64_t off, uint64_t len, uint64_t lo, uint64_t hi)
+{
+	return off >= lo && off <= hi && len <= hi - off;
+}
+
+/*
+ * Copy the CDB at cdb_off (an offset into the mapping) into buf. Its length comes from the
+ * opcode group, as the kernel's scsi_command_size() computes it, and is measured on the
+ * copy, so a concurrent change cannot make the length and the bytes disagree. Returns the
+ * length, -EFAULT when it is not inside the mapping, -ENOSPC when buf is too small.
+ */
+static int read_cdb(const struct ring_ctx *ctx, uint64_t cdb_off, uint8_t *buf, uint32_t buflen)
+{
+	static const uint8_t by_group[8] = { 6, 10, 10, 12, 16, 12, 10, 10 };
+	uint8_t head[8];
+	uint32_t len;
+
+	if (!in_range(cdb_off, 6, 0, ctx->map_size))
+		return -EFAULT;
+	head[0] = ctx->map[cdb_off];
+	if (head[0] == 0x7f) { /* VARIABLE LENGTH: ADDITIONAL CDB LENGTH + 8 */
+		if (!in_range(cdb_off, 8, 0, ctx->map_size))
+			return -EFAULT;
+		memcpy(head, ctx->map + cdb_off, 8);
+		len = (uint32_t)head[7] + 8;
+	} else {
+		len = by_group[head[0] >> 5];
+	}
+	if (!in_range(cdb_off, len, 0, ctx->map_size))
+		return -EFAULT;
+	if (len > buflen)
+		return -ENOSPC;
+	memcpy(buf, ctx->map + cdb_off, len);
+	memcpy(buf, head, head[0] == 0x7f ? 8 : 1); /* keep the bytes the length came from */
+	return (int)len;
+}
+
+static void write_rsp(struct tcmu_cmd_entry *ent, uint8_t status, const uint8_t *sense,
+		      uint32_t sense_len)
+{
+	if (sense_len > TCMU_SENSE_BUFFERSIZE)
+		sense_len = TCMU_SENSE_BUFFERSIZE;
+	if (sense && sense_len)
+		memcpy(ent->rsp.sense_buffer, sense, sense_len);
+	ent->rsp.scsi_status = status;
+}
+
+/* CHECK CONDITION with fixed-format sense; malformed entries/CDBs count as "bad". */
+static void fail(struct ring_ctx *ctx, struct tcmu_cmd_entry *ent, uint8_t key, uint8_t asc,
+		 uint8_t ascq)
+{
+	uint8_t s[18] = { 0 };
+
+	if (asc == 0x24 || asc == 0x44)
+		ctx->stats.bad++;
+
+	s[0] = 0x70; /* current error, fixed format */
+	s[2] = key;
+	s[7] = 10;
+	s[12] = asc;
+	s[13] = ascq;
+	write_rsp(ent, ST_CHECK_CONDITION, s, sizeof(s));
+}
+
+static void kick(struct ring_ctx *ctx)
+{
+	uint32_t one = 0;
+	ssize_t n;
+
+	do
+		n = write(ctx->kick_fd, &one, sizeof(one));
+	while (n < 0 && errno == EINTR);
+	ctx->stats.kicks++;
+}
+
+/*
+ * Validated view of an entry's iovec array: entry_off is an offset into the mapping and
+ * the entry must lie in the command ring with room for iov_cnt iovecs. Returns iov_cnt or
+ * -1 when the count cannot be honest.
+ */
+static int64_t entry_iov_cnt(struct ring_ctx *ctx, const uint8_t *ent, uint32_t len)
+{
+	uint32_t cnt = load_u32(ent + 8);
+
+	if (len < ENTRY_IOV_OFF || cnt > (len - ENTRY_IOV_OFF) / sizeof(struct iovec))
+		return -1;
+	(void)ctx;
+	return cnt;
+}
+
+/* Copy iovec i of an entry, checked against the data area; 0 or -1. */
+static int entry_iov(struct ring_ctx *ctx, const uint8_t *ent, uint32_t i, uint64_t *off,
+		     uint64_t *len)
+{
+	const uint8_t *p = ent + ENTRY_IOV_OFF + (size_t)i * sizeof(struct iovec);
+
+	*off = load_u64(p);
+	*len = load_u64(p + 8);
+	return in_range(*off, *len, ctx->data_off, ctx->map_size) ? 0 : -1;
+}
+
+/* ---- the fast path ----------------------------------------------------------------- */
+
+enum disposition { DONE, PUNT, PUNT_AND_STOP };
+
+/*
+ * Move bytes between the backend at byte offset off and the entry's iovecs, in chunks,
+ * resuming after short transfers. 0, or -1 on a bad iovec, or -2 on an I/O error.
+ */
+static int data_io(struct ring_ctx *ctx, const uint8_t *ent, uint32_t cnt, int write,
+		   uint64_t off, uint64_t bytes)
+{
+	struct iovec v[IOV_CHUNK];
+	uint32_t i = 0;
+	uint64_t o, l;
+
+	for (i = 0; i < cnt; i++) /* all or nothing: no partial transfer before a bad iovec */
+		if (entry_iov(ctx, ent, i, &o, &l))
+			return -1;
+	i = 0;
+	while (bytes) {
+		int n = 0;
+		uint64_t chunk = 0;
+
+		while (i < cnt && n < IOV_CHUNK && chunk < bytes) {
+			if (entry_iov(ctx, ent, i, &o, &l)) /* re-read: must still be in bounds */
+				return -1;
+			i++;
+			if (l > bytes - chunk)
+				l = bytes - chunk;
+			if (!l)
+				continue;
+			v[n].iov_base = ctx->map + o;
+			v[n].iov_len = l;
+			n++;
+			chunk += l;
+		}
+		if (!chunk) /* iovecs shorter than the transfer: the rest is not wanted */
+			return 0;
+		/* one chunk, retried until complete */
+		struct iovec *p = v;
+		int left = n;
+		uint64_t done = 0;
+
+		while (done < chunk) {
+			ssize_t r = write ? ctx->ops->writev(ctx->backend, p, left, off)
+					  : ctx->ops->readv(ctx->backend, p, left, off);
+			if (r == -EINTR)
+				continue;
+			if (r <= 0)
+				return -2;
+			done += (uint64_t)r;
+			off += (uint64_t)r;
+			while (left && (uint64_t)r >= p->iov_len) {
+				r -= (ssize_t)p->iov_len;
+				p++;
+				left--;
+			}
+			if (left && r) {
+				p->iov_base = (uint8_t *)p->iov_base + r;
+				p->iov_len -= (size_t)r;
+			}
+		}
+		bytes -= chunk;
+	}
+	return 0;
+}
+
+static int is_pr_changer(uint8_t op)
+{
+	/* PERSISTENT RESERVE OUT, RESERVE(6/10), RELEASE(6/10) */
+	return op == 0x5f || op == 0x16 || op == 0x17 || op == 0x56 || op == 0x57;
+}
+
+static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *ent,
+				  uint32_t len)
+{
+	const uint8_t *raw = (const uint8_t *)ent;
+	uint8_t cdb[16];
+	uint64_t cdb_off = load_u64(raw + 24);
+	int64_t cnt = entry_iov_cnt(ctx, raw, len);
+	uint64_t lba, blocks;
+	int write, fua = 0;
+
+	if (cnt < 0) {
+		fail(ctx, ent, SENSE_INTERNAL_TARGET_FAILURE);
+		return DONE;
+	}
+	int clen = read_cdb(ctx, cdb_off, cdb, sizeof(cdb));
+
+	if (clen == -EFAULT) {
+		fail(ctx, ent, SENSE_INVALID_FIELD_IN_CDB);
+		return DONE;
+	}
+	switch (clen < 0 ? -1 : cdb[0]) { /* a CDB longer than 16 bytes is never fast */
+	case 0x08: /* READ(6) */
+	case 0x0a: /* WRITE(6) */
+		lba = be(cdb + 1, 3) & 0x1fffff;
+		blocks = cdb[4] ? cdb[4] : 256;
+		break;
+	case 0x28: /* READ(10) */
+	case 0x2a:
+		lba = be(cdb + 2, 4);
+		blocks = be(cdb + 7, 2);
+		break;
+	case 0xa8: /* READ(12) */
+	case 0xaa:
+		lba = be(cdb + 2, 4);
+		blocks = be(cdb + 6, 4);
+		break;
+	case 0x88: /* READ(16) */
+	case 0x8a:
+		lba = be(cdb + 2, 8);
+		blocks = be(cdb + 10, 4);
+		break;
+	default: {
+		uint32_t v = __atomic_load_n(&ctx->verdict, __ATOMIC_ACQUIRE);
+
+		if (clen > 0 && is_pr_changer(cdb[0]))
+			return PUNT_AND_STOP;
+		return (v & RING_VERDICT_UA) ? PUNT_AND_STOP : PUNT;
+	}
+	}
+	write = (cdb[0] & 0x0f) == 0x0a;
+	if (cdb[0] & 0xe0) { /* 10/12/16: RDPROTECT/WRPROTECT need PI, which we lack */
+		if (cdb[1] & 0xe0) {
+			fail(ctx, ent, SENSE_INVALID_FIELD_IN_CDB);
+			return DONE;
+		}
+		fua = write && (cdb[1] & 0x08);
+	}
+
+	uint32_t v = __atomic_load_n(&ctx->verdict, __ATOMIC_ACQUIRE);
+
+	if (v & RING_VERDICT_UA) /* Python delivers the unit attention first */
+		return PUNT_AND_STOP;
+	if (!(v & (write ? RING_VERDICT_WRITE : RING_VERDICT_READ))) {
+		write_rsp(ent, ST_RESERVATION_CONFLICT, NULL, 0);
+		ctx->stats.conflicts++;
+		return DONE;
+	}
+
+	uint64_t nblocks = ctx->dev_size / ctx->block_size;
+
+	if (lba > nblocks || blocks > nblocks - lba) {
+		fail(ctx, ent, SENSE_LBA_OUT_OF_RANGE);
+		return DONE;
+	}
+	int r = data_io(ctx, raw, (uint32_t)cnt, write, lba * ctx->block_size,
+			blocks * ctx->block_size);
+	if (r == 0 && fua && ctx->ops->flush(ctx->backend))
+		r = -2;
+	if (r == -1)
+		fail(ctx, ent, SENSE_INTERNAL_TARGET_FAILURE);
+	else if (r == -2)
+		write ? fail(ctx, ent, SENSE_WRITE_ERROR) : fail(ctx, ent, SENSE_READ_ERROR);
+	else
+		write_rsp(ent, ST_GOOD, NULL, 0);
+	ctx->stats.fast++;
+	return DONE;
+}
+
+/* ---- public API -------------------------------------------------------------------- */
+
+int tcmu_ring_init(struct ring_ctx *ctx, void *map, uint64_t map_size, int kick_fd,
+		   const struct ring_backend_ops *ops, void *backend, uint64_t dev_size,
+		   uint32_t block_size)
+{
+	struct tcmu_mailbox *mb = map;
+
+	memset(ctx, 0, sizeof(*ctx));
+	if (!map || map_size < sizeof(*mb) || !ops || !block_size)
+		return -EINVAL;
+	if (mb->version != TCMU_MAILBOX_VERSION)
+		return RING_ERR_MAILBOX;
+	uint32_t off = mb->cmdr_off, size = mb->cmdr_size;
+	uint32_t tail = __atomic_load_n(&mb->cmd_tail, __ATOMIC_ACQUIRE);
+
+	/* entry offsets travel as u32: the whole ring must lie below 4 GiB */
+	if (off < sizeof(*mb) || size < ENTRY_MIN_LEN || size % TCMU_OP_ALIGN_SIZE ||
+	    !in_range(off, size, 0, map_size) || (uint64_t)off + size > UINT32_MAX ||
+	    tail >= size || tail % TCMU_OP_ALIGN_SIZE)
+		return RING_ERR_MAILBOX;
+	ctx->map = map;
+	ctx->map_size = map_size;
+	ctx->cmdr_off = off;
+	ctx->cmdr_size = size;
+	ctx->data_off = (uint64_t)off + size;
+	ctx->mb_flags = mb->flags;
+	ctx->kick_fd = kick_fd;
+	ctx->ops = ops;
+	ctx->backend = backend;
+	ctx->dev_size = dev_size;
+	ctx->block_size = block_size;
+	ctx->verdict = RING_VERDICT_READ | RING_VERDICT_WRITE;
+	ctx->scan = tail;
+	return 0;
+}
+
+int tcmu_ring_commit(struct ring_ctx *ctx)
+{
+	struct tcmu_mailbox *mb = mailbox(ctx);
+
+	if (ctx->n_pending)
+		return RING_ERR_PENDING;
+	if (__atomic_load_n(&mb->cmd_tail, __ATOMIC_RELAXED) != ctx->scan) {
+		/* responses must be visible before the kernel sees the new tail */
+		__atomic_store_n(&mb->cmd_tail, ctx->scan, __ATOMIC_RELEASE);
+		kick(ctx);
+	}
+	return 0;
+}
+
+int tcmu_ring_process(struct ring_ctx *ctx, uint32_t *punts, uint32_t max_punts)
+{
+	struct tcmu_mailbox *mb = mailbox(ctx);
+	uint8_t *ring = ctx->map + ctx->cmdr_off;
+	uint32_t size = ctx->cmdr_size, n = 0;
+	int err = 0;
+
+	if (ctx->n_pending)
+		return RING_ERR_PENDING;
+	if (!punts || !max_punts)
+		return -EINVAL;
+	if (max_punts > RING_MAX_PUNTS)
+		max_punts = RING_MAX_PUNTS;
+	uint32_t head = __atomic_load_n(&mb->cmd_head, __ATOMIC_ACQUIRE);
+
+	if (head >= size || head % TCMU_OP_ALIGN_SIZE)
+		return RING_ERR_HEAD;
+	while (ctx->scan != head) {
+		uint32_t scan = ctx->scan;
+		uint32_t len_op = load_u32(ring + scan);
+		uint32_t len = len_op & ~TCMU_OP_MASK, op = len_op & TCMU_OP_MASK;
+		uint32_t avail = (uint32_t)(((uint64_t)head + size - scan) % size); /* to cmd_head */
+
+		/* an entry never wraps (the kernel pads) and never passes cmd_head */
+		if (!len || len > size - scan || len > avail) {
+			err = RING_ERR_ENTRY;
+			break;
+		}
+		if (op == TCMU_OP_PAD) {
+			ctx->stats.pads++;
+		} else if (op == TCMU_OP_TMR) {
+			/* notification only: the aborted commands still get their own answers */
+			ctx->stats.tmrs++;
+		} else if (op == TCMU_OP_CMD && len >= ENTRY_MIN_LEN) {
+			if (n == max_punts)
+				break; /* no room to punt this one: next call */
+			enum disposition d = serve_cmd(ctx, (struct tcmu_cmd_entry *)(ring + scan), len);
+
+			ctx->stats.cmds++;
+			if (d != DONE) {
+				punts[n] = ctx->cmdr_off + scan;
+				ctx->pending[n++] = ctx->cmdr_off + scan;
+				ctx->n_pending = n;
+				ctx->stats.punted++;
+				ctx->scan = (scan + len) % size;
+				if (d == PUNT_AND_STOP)
+					break;
+				continue;
+			}
+		} else {
+			err = RING_ERR_ENTRY; /* unknown op, or a CMD too short for its response */
+			break;
+		}
+		ctx->scan = (scan + len) % size;
+	}
+	if (n)
+		return (int)n;
+	tcmu_ring_commit(ctx);
+	return err;
+}
+
+/* Index of a pending entry, or -1. */
+static int pending_index(struct ring_ctx *ctx, uint32_t entry_off)
+{
+	for (uint32_t i = 0; i < ctx->n_pending; i++)
+		if (ctx->pending[i] == entry_off)
+			return (int)i;
+	return -1;
+}
+
+/*
+ * Re-validate a pending entry's header (the ring may have changed since it was scanned)
+ * and return its length, or a negative error.
+ */
+static int64_t pending_entry(struct ring_ctx *ctx, uint32_t entry_off, const uint8_t **ent)
+{
+	if (pending_index(ctx, entry_off) < 0)
+		return RING_ERR_NOT_CMD;
+	uint32_t rel = entry_off - ctx->cmdr_off;
+	uint32_t len_op = load_u32(ctx->map + entry_off);
+	uint32_t len = len_op & ~TCMU_OP_MASK;
+
+	if ((len_op & TCMU_OP_MASK) != TCMU_OP_CMD || len < ENTRY_MIN_LEN ||
+	    len > ctx->cmdr_size - rel)
+		return RING_ERR_ENTRY;
+	*ent = ctx->map + entry_off;
+	return len;
+}
+
+int tcmu_ring_cdb(struct ring_ctx *ctx, uint32_t entry_off, uint8_t *buf, uint32_t buflen)
+{
+	const uint8_t *ent;
+	int64_t len = pending_entry(ctx, entry_off, &ent);
+
+	return len < 0 ? (int)len : read_cdb(ctx, load_u64(ent + 24), buf, buflen);
+}
+
+/* Walk a pending entry's iovecs; copy out (to buf) or in (from data). */
+static int64_t move_data(struct ring_ctx *ctx, const uint8_t *ent, uint32_t len, uint8_t *out,
+			 const uint8_t *in, uint64_t max)
+{
+	int64_t cnt = entry_iov_cnt(ctx, ent, len);
+	uint64_t done = 0;
+
+	if (cnt < 0)
+		return RING_ERR_IOV;
+	for (uint32_t i = 0; i < (uint32_t)cnt; i++) {
+		uint64_t o, l;
+
+		if (entry_iov(ctx, ent, i, &o, &l))
+			return RING_ERR_IOV;
+		if (!out && !in) { /* just measure */
+			if (l > (uint64_t)INT64_MAX - done)
+				return RING_ERR_IOV;
+			done += l;
+			continue;
+		}
+		if (l > max - done)
+			l = max - done;
+		if (out)
+			memcpy(out + done, ctx->map + o, l);
+		else
+			memcpy(ctx->map + o, in + done, l);
+		done += l;
+		if (done == max)
+			break;
+	}
+	return (int64_t)done;
+}
+
+int64_t tcmu_ring_data_len(struct ring_ctx *ctx, uint32_t entry_off)
+{
+	const uint8_t *ent;
+	int64_t len = pending_entry(ctx, entry_off, &ent);
+
+	return len < 0 ? len : move_data(ctx, ent, (uint32_t)len, NULL, NULL, 0);
+}
+
+int64_t tcmu_ring_gather(struct ring_ctx *ctx, uint32_t entry_off, uint8_t *buf,
+			 uint64_t buflen)
+{
+	const uint8_t *ent;
+	int64_t len = pending_entry(ctx, entry_off, &ent);
+
+	if (len < 0)
+		return len;
+	if (!buflen)
+		return 0;
+	return move_data(ctx, ent, (uint32_t)len, buf, NULL, buflen);
+}
+
+int64_t tcmu_ring_complete(struct ring_ctx *ctx, uint32_t entry_off, uint8_t status,
+			   const uint8_t *sense, uint32_t sense_len, const uint8_t *data,
+			   uint64_t data_len)
+{
+	const uint8_t *ent;
+	int64_t len = pending_entry(ctx, entry_off, &ent);
+	int64_t copied = 0;
+	struct tcmu_cmd_entry *e;
+
+	if (len < 0)
+		return len;
+	e = (struct tcmu_cmd_entry *)ent;
+	if (data) { /* a data-in answer, possibly empty */
+		int64_t room = move_data(ctx, ent, (uint32_t)len, NULL, NULL, 0);
+
+		/* the response overlays the iovecs: all data moves before it is written */
+		copied = room < 0 ? room : move_data(ctx, ent, (uint32_t)len, NULL, data, data_len);
+		if (copied < 0) { /* answered, but not with what the caller meant */
+			fail(ctx, e, SENSE_INTERNAL_TARGET_FAILURE);
+			copied = 0;
+			goto done;
+		}
+		if ((uint64_t)copied < (uint64_t)room &&
+		    (ctx->mb_flags & TCMU_MAILBOX_FLAG_CAP_READ_LEN)) {
+			e->hdr.uflags |= TCMU_UFLAG_READ_LEN;
+			e->rsp.read_len = (uint32_t)copied;
+		}
+	}
+	write_rsp(e, status, sense, sense_len);
+done:;
+	int i = pending_index(ctx, entry_off);
+
+	ctx->pending[i] = ctx->pending[--ctx->n_pending];
+	return copied;
+}

@@ -1,0 +1,118 @@
+"""The C ring loop (native/ring.c, built by cffi as ``tcmu_pr._ring_native``) as a RingLoop."""
+
+from __future__ import annotations
+
+import mmap
+from types import ModuleType
+from typing import Any
+
+from tcmu_pr.ring.loop import MAX_PUNTS, RingError
+
+_STATS = ("cmds", "fast", "punted", "conflicts", "bad", "tmrs", "pads", "kicks")
+
+
+def load(module: ModuleType | None = None) -> ModuleType:
+    """The compiled module (``scripts/setup`` builds it); tests may pass another build."""
+    if module is not None:
+        return module
+    try:
+        from tcmu_pr import _ring_native  # type: ignore[attr-defined]
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError("tcmu_pr._ring_native is not built: run scripts/setup") from exc
+    return _ring_native
+
+
+class NativeRing:
+    """A device ring served by the C loop; the file at ``backend_fd`` holds the data.
+
+    ``mm`` is the whole mapping (mailbox, command ring, data area); ``kick_fd`` is what the
+    kernel is told about completions through (the uio fd itself, or the simulator's pipe).
+    """
+
+    def __init__(
+        self,
+        mm: mmap.mmap,
+        kick_fd: int,
+        backend_fd: int,
+        dev_size: int,
+        block_size: int,
+        *,
+        module: ModuleType | None = None,
+    ) -> None:
+        mod = load(module)
+        self._ffi: Any = mod.ffi
+        self._lib: Any = mod.lib
+        self._buf = self._ffi.from_buffer(mm)
+        self._backend = self._ffi.new("struct ring_file_backend *")
+        self._backend.fd = backend_fd
+        self._ctx = self._ffi.new("struct ring_ctx *")
+        self._punts = self._ffi.new("uint32_t[]", MAX_PUNTS)
+        self._cdb = self._ffi.new("uint8_t[]", 272)
+        rc = self._lib.tcmu_ring_init(
+            self._ctx, self._buf, len(mm), kick_fd, self._ffi.addressof(self._lib.ring_file_ops),
+            self._backend, dev_size, block_size,
+        )  # fmt: skip
+        if rc:
+            self.close()
+            raise RingError(rc, "init")
+
+    @property
+    def verdict(self) -> int:
+        return int(self._ctx.verdict)
+
+    @verdict.setter
+    def verdict(self, value: int) -> None:
+        self._ctx.verdict = value
+
+    def process(self) -> list[int]:
+        n = self._lib.tcmu_ring_process(self._ctx, self._punts, MAX_PUNTS)
+        if n < 0:
+            raise RingError(n, "process")
+        return list(self._punts[0:n]) if n else []
+
+    def process_count(self) -> int:
+        """process() without building a list: the benchmark's call (punts must not occur)."""
+        return self._lib.tcmu_ring_process(self._ctx, self._punts, MAX_PUNTS)
+
+    def cdb(self, entry_off: int) -> bytes:
+        n = self._lib.tcmu_ring_cdb(self._ctx, entry_off, self._cdb, len(self._cdb))
+        if n < 0:
+            raise RingError(n, "cdb")
+        return bytes(self._ffi.buffer(self._cdb, n))
+
+    def data_out(self, entry_off: int) -> bytes:
+        size = self._lib.tcmu_ring_data_len(self._ctx, entry_off)
+        if size < 0:
+            raise RingError(size, "data_out")
+        buf = bytearray(size)
+        n = self._lib.tcmu_ring_gather(self._ctx, entry_off, self._ffi.from_buffer(buf), size)
+        if n < 0:
+            raise RingError(n, "data_out")
+        return bytes(buf[:n])
+
+    def complete(
+        self, entry_off: int, status: int, sense: bytes | None, data: bytes | None
+    ) -> int:
+        ffi = self._ffi
+        n = self._lib.tcmu_ring_complete(
+            self._ctx, entry_off, status, sense if sense else ffi.NULL, len(sense or b""),
+            ffi.NULL if data is None else ffi.from_buffer(data), len(data or b""),
+        )  # fmt: skip
+        if n < 0:
+            raise RingError(n, "complete")
+        return n
+
+    def commit(self) -> None:
+        rc = self._lib.tcmu_ring_commit(self._ctx)
+        if rc:
+            raise RingError(rc, "commit")
+
+    def stats(self) -> dict[str, int]:
+        st = self._ctx.stats
+        return {name: int(getattr(st, name)) for name in _STATS}
+
+    def close(self) -> None:
+        """Drop the pointer into the mapping so the mmap can be closed."""
+        if self._buf is not None:
+            self._ffi.release(self._buf)
+            self._buf = None

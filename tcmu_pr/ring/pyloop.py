@@ -1,0 +1,301 @@
+"""The ring loop in pure Python: the fallback when the C module is missing, and the
+benchmark's baseline.
+
+It makes exactly the decisions native/ring.c makes, in the same order, with the same
+answers (tests compare the two entry by entry); only the speed differs.  Data moves with
+``os.preadv``/``os.pwritev`` straight between the backing file and memoryviews of the
+mapping, as the C loop does.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+
+from tcmu_pr import scsi
+from tcmu_pr.ring import layout as L
+from tcmu_pr.ring.loop import (
+    ERR_ENTRY,
+    ERR_HEAD,
+    ERR_IOV,
+    ERR_MAILBOX,
+    ERR_NOT_CMD,
+    ERR_PENDING,
+    MAX_PUNTS,
+    VERDICT_READ,
+    VERDICT_UA,
+    VERDICT_WRITE,
+    RingError,
+)
+from tcmu_pr.ring.rw import INTERNAL_TARGET_FAILURE, PR_CHANGERS, RW_OPCODES, RWError, decode_rw
+
+_U32, _U64, _IOVEC = L.U32, L.U64, L.IOVEC
+
+
+class _BadEntry(Exception):
+    """An entry field is out of bounds: answer CHECK CONDITION with ``sense``."""
+
+    def __init__(self, sense: scsi.Sense) -> None:
+        self.sense = sense
+
+
+class PyRing:
+    """A device ring served in Python; same contract as NativeRing."""
+
+    def __init__(
+        self, mm: mmap.mmap, kick_fd: int, backend_fd: int, dev_size: int, block_size: int
+    ) -> None:
+        if len(mm) < L.MAILBOX_SIZE or block_size <= 0:
+            raise RingError(ERR_MAILBOX, "init")
+        version = L.U16.unpack_from(mm, L.MB_VERSION)[0]
+        off = _U32.unpack_from(mm, L.MB_CMDR_OFF)[0]
+        size = _U32.unpack_from(mm, L.MB_CMDR_SIZE)[0]
+        tail = _U32.unpack_from(mm, L.MB_CMD_TAIL)[0]
+        if (
+            version != L.MAILBOX_VERSION
+            or off < L.MAILBOX_SIZE
+            or size < L.ENTRY_SIZE
+            or size % L.ALIGN
+            or off + size > min(len(mm), 0xFFFFFFFF)  # entry offsets travel as u32
+            or tail >= size
+            or tail % L.ALIGN
+        ):
+            raise RingError(ERR_MAILBOX, "init")
+        self._mm = mm
+        self._mv = memoryview(mm)
+        self._map_size = len(mm)
+        self._off, self._size = off, size
+        self._data_off = off + size
+        self._flags = L.U16.unpack_from(mm, L.MB_FLAGS)[0]
+        self._kick_fd = kick_fd
+        self._fd = backend_fd
+        self._block_size = block_size
+        self._num_blocks = dev_size // block_size
+        self.verdict = VERDICT_READ | VERDICT_WRITE
+        self._scan = tail
+        self._pending: list[int] = []
+        self._stats = dict.fromkeys(
+            ("cmds", "fast", "punted", "conflicts", "bad", "tmrs", "pads", "kicks"), 0
+        )
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def process(self) -> list[int]:
+        if self._pending:
+            raise RingError(ERR_PENDING, "process")
+        mm, off, size = self._mm, self._off, self._size
+        head = _U32.unpack_from(mm, L.MB_CMD_HEAD)[0]
+        if head >= size or head % L.ALIGN:
+            raise RingError(ERR_HEAD, "process")
+        punts: list[int] = []
+        err = 0
+        while self._scan != head:
+            scan = self._scan
+            len_op = _U32.unpack_from(mm, off + scan)[0]
+            length, op = len_op & ~L.OP_MASK, len_op & L.OP_MASK
+            if not length or length > size - scan or length > (head + size - scan) % size:
+                err = ERR_ENTRY
+                break
+            if op == L.OP_PAD:
+                self._stats["pads"] += 1
+            elif op == L.OP_TMR:
+                self._stats["tmrs"] += 1
+            elif op == L.OP_CMD and length >= L.ENTRY_SIZE:
+                if len(punts) == MAX_PUNTS:
+                    break
+                self._stats["cmds"] += 1
+                disposition = self._serve(off + scan, length)
+                if disposition:
+                    punts.append(off + scan)
+                    self._stats["punted"] += 1
+                    self._scan = (scan + length) % size
+                    if disposition == 2:
+                        break
+                    continue
+            else:
+                err = ERR_ENTRY
+                break
+            self._scan = (scan + length) % size
+        if punts:
+            self._pending = list(punts)
+            return punts
+        self.commit()
+        if err:
+            raise RingError(err, "process")
+        return []
+
+    def commit(self) -> None:
+        if self._pending:
+            raise RingError(ERR_PENDING, "commit")
+        if _U32.unpack_from(self._mm, L.MB_CMD_TAIL)[0] != self._scan:
+            _U32.pack_into(self._mm, L.MB_CMD_TAIL, self._scan)
+            os.write(self._kick_fd, b"\0\0\0\0")
+            self._stats["kicks"] += 1
+
+    def _serve(self, ent: int, length: int) -> int:
+        """0: completed here; 1: punt; 2: punt and end the batch (verdict may change)."""
+        try:
+            cnt = self._iov_cnt(ent, length)
+            cdb = self._read_cdb(_U64.unpack_from(self._mm, ent + L.REQ_CDB_OFF)[0])
+        except _BadEntry as bad:
+            self._fail(ent, bad.sense)
+            return 0
+        verdict = self.verdict
+        if cdb is None or cdb[0] not in RW_OPCODES:
+            if cdb is not None and cdb[0] in PR_CHANGERS:
+                return 2
+            return 2 if verdict & VERDICT_UA else 1
+        try:
+            rw = decode_rw(cdb, self._block_size, self._num_blocks)
+        except RWError as e:
+            if e.sense is scsi.INVALID_FIELD_IN_CDB:
+                self._fail(ent, e.sense)
+                return 0
+            rw = None
+            range_error = e.sense
+        if verdict & VERDICT_UA:
+            return 2
+        write = cdb[0] & 0x0F == 0x0A
+        if not verdict & (VERDICT_WRITE if write else VERDICT_READ):
+            self._mm[ent + L.RSP_SCSI_STATUS] = scsi.RESERVATION_CONFLICT
+            self._stats["conflicts"] += 1
+            return 0
+        if rw is None:
+            self._fail(ent, range_error)
+            return 0
+        try:
+            self._data_io(ent, cnt, rw.write, rw.offset, rw.length)
+            if rw.fua:
+                os.fdatasync(self._fd)
+        except _BadEntry as bad:
+            self._fail(ent, bad.sense)
+        except OSError:
+            self._fail(ent, scsi.WRITE_ERROR if rw.write else scsi.READ_ERROR)
+        else:
+            self._mm[ent + L.RSP_SCSI_STATUS] = scsi.GOOD
+        self._stats["fast"] += 1
+        return 0
+
+    # -- entry fields, all bounds-checked ------------------------------------------------
+
+    def _iov_cnt(self, ent: int, length: int) -> int:
+        cnt = _U32.unpack_from(self._mm, ent + L.REQ_IOV_CNT)[0]
+        if cnt > (length - L.REQ_IOV) // L.IOVEC_SIZE:
+            raise _BadEntry(INTERNAL_TARGET_FAILURE)
+        return cnt
+
+    def _iovecs(self, ent: int, cnt: int) -> list[tuple[int, int]]:
+        out = []
+        for i in range(cnt):
+            base, ln = _IOVEC.unpack_from(self._mm, ent + L.REQ_IOV + i * L.IOVEC_SIZE)
+            if base < self._data_off or base > self._map_size or ln > self._map_size - base:
+                raise _BadEntry(INTERNAL_TARGET_FAILURE)
+            out.append((base, ln))
+        return out
+
+    def _read_cdb(self, cdb_off: int) -> bytes | None:
+        """The CDB, or None when it is longer than 16 bytes (never a fast-path command)."""
+        size = self._map_size
+        if cdb_off > size - 6:
+            raise _BadEntry(scsi.INVALID_FIELD_IN_CDB)
+        if self._mm[cdb_off] == L.VARIABLE_LENGTH_CDB and cdb_off > size - 8:
+            raise _BadEntry(scsi.INVALID_FIELD_IN_CDB)
+        n = L.cdb_length(self._mm[cdb_off : cdb_off + 8])
+        if n > size - cdb_off:
+            raise _BadEntry(scsi.INVALID_FIELD_IN_CDB)
+        return bytes(self._mm[cdb_off : cdb_off + n]) if n <= 16 else None
+
+    def _data_io(self, ent: int, cnt: int, write: bool, offset: int, length: int) -> None:
+        views = []
+        for base, ln in self._iovecs(ent, cnt):
+            take = min(ln, length)
+            if take:
+                views.append(self._mv[base : base + take])
+            length -= take
+            if not length:
+                break
+        while views:
+            n = os.pwritev(self._fd, views, offset) if write else os.preadv(self._fd, views, offset)
+            if n <= 0:
+                raise OSError(errno.EIO, "short transfer")
+            offset += n
+            while views and n >= len(views[0]):
+                n -= len(views.pop(0))
+            if views and n:
+                views[0] = views[0][n:]
+
+    def _fail(self, ent: int, sense: scsi.Sense) -> None:
+        self._write_rsp(ent, scsi.CHECK_CONDITION, sense.to_bytes())
+        self._stats["bad"] += sense in (INTERNAL_TARGET_FAILURE, scsi.INVALID_FIELD_IN_CDB)
+
+    def _write_rsp(self, ent: int, status: int, sense: bytes | None) -> None:
+        if sense:
+            sense = sense[: L.SENSE_BUFFERSIZE]
+            self._mm[ent + L.RSP_SENSE : ent + L.RSP_SENSE + len(sense)] = sense
+        self._mm[ent + L.RSP_SCSI_STATUS] = status
+
+    # -- punted commands ---------------------------------------------------------------
+
+    def _pending_entry(self, entry_off: int) -> int:
+        if entry_off not in self._pending:
+            raise RingError(ERR_NOT_CMD)
+        len_op = _U32.unpack_from(self._mm, entry_off)[0]
+        length = len_op & ~L.OP_MASK
+        if len_op & L.OP_MASK != L.OP_CMD or not L.ENTRY_SIZE <= length <= (
+            self._size - (entry_off - self._off)
+        ):
+            raise RingError(ERR_ENTRY)
+        return length
+
+    def cdb(self, entry_off: int) -> bytes:
+        self._pending_entry(entry_off)
+        cdb_off = _U64.unpack_from(self._mm, entry_off + L.REQ_CDB_OFF)[0]
+        try:
+            first = self._read_cdb(cdb_off)
+        except _BadEntry:
+            raise RingError(-errno.EFAULT, "cdb") from None
+        if first is not None:
+            return first
+        n = L.cdb_length(self._mm[cdb_off : cdb_off + 8])
+        return bytes(self._mm[cdb_off : cdb_off + n])
+
+    def _entry_iovecs(self, entry_off: int) -> list[tuple[int, int]]:
+        length = self._pending_entry(entry_off)
+        try:
+            return self._iovecs(entry_off, self._iov_cnt(entry_off, length))
+        except _BadEntry:
+            raise RingError(ERR_IOV) from None
+
+    def data_out(self, entry_off: int) -> bytes:
+        return b"".join(self._mm[b : b + n] for b, n in self._entry_iovecs(entry_off))
+
+    def complete(
+        self, entry_off: int, status: int, sense: bytes | None, data: bytes | None
+    ) -> int:
+        self._pending_entry(entry_off)
+        copied = 0
+        if data is not None:  # data-in: scatter before the response overwrites the iovecs
+            try:
+                iovs = self._entry_iovecs(entry_off)
+            except RingError:  # answered, but not with what the caller meant
+                self._fail(entry_off, INTERNAL_TARGET_FAILURE)
+                self._pending.remove(entry_off)
+                return 0
+            room = sum(n for _, n in iovs)
+            for base, n in iovs:
+                take = min(n, len(data) - copied)
+                self._mm[base : base + take] = data[copied : copied + take]
+                copied += take
+            if copied < room and self._flags & L.FLAG_CAP_READ_LEN:
+                self._mm[entry_off + L.HDR_UFLAGS] |= L.UFLAG_READ_LEN
+                _U32.pack_into(self._mm, entry_off + L.RSP_READ_LEN, copied)
+        self._write_rsp(entry_off, status, sense)
+        self._pending.remove(entry_off)
+        return copied
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._stats)
+
+    def close(self) -> None:
+        self._mv.release()
