@@ -1,0 +1,138 @@
+"""Block data of an RBD image through native/rbd_io.c (a :class:`DataBackend`).
+
+The C layer does the bounds checks and talks to librbd; this class only turns its negative
+errno returns into :class:`StoreError` and its out-parameters into return values.  The module
+``tcmu_pr._rbd_io`` is built by cffi from native/build_rbd_io.py at package build time.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from tcmu_pr.backends.base import StoreError
+
+
+def _native() -> Any:
+    try:
+        from tcmu_pr import _rbd_io  # type: ignore[attr-defined]
+    except ImportError as err:
+        raise StoreError(
+            errno.ENOENT,
+            f"the native RBD data layer is not built ({err}); "
+            "build it with native/build_rbd_io.py (needs librbd-dev)",
+        ) from err
+    return _rbd_io
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        raise StoreError(-rc, f"{what}: {os.strerror(-rc)}")
+    return rc
+
+
+class RbdImage:
+    """One open RBD image; every call is synchronous and thread-safe (librbd's guarantee)."""
+
+    def __init__(
+        self, pool: str, image: str, *, conf: str | None = None, client_id: str | None = None
+    ) -> None:
+        self._mod = _native()
+        ffi, lib = self._mod.ffi, self._mod.lib
+        conf = conf if conf is not None else os.environ.get("CEPH_CONF")
+        client_id = client_id or os.environ.get("CEPH_ID") or "admin"
+        out = ffi.new("struct rbd_io **")
+        rc = lib.rbd_io_open(
+            pool.encode(),
+            image.encode(),
+            conf.encode() if conf else ffi.NULL,
+            client_id.encode(),
+            out,
+        )
+        _check(rc, f"opening rbd image {pool}/{image}")
+        self._io = out[0]
+        self.name = f"{pool}/{image}"
+
+    def _live(self) -> Any:
+        if self._io is None:
+            raise StoreError(errno.EBADF, f"rbd image {self.name} is closed")
+        return self._io
+
+    @property
+    def size(self) -> int:
+        size = self._mod.ffi.new("uint64_t *")
+        _check(self._mod.lib.rbd_io_size(self._live(), size), f"size of {self.name}")
+        return int(size[0])
+
+    def readv(self, offset: int, buffers: Sequence[bytearray | memoryview]) -> int:
+        """Fill ``buffers`` in order from ``offset``; returns the bytes read."""
+        ffi = self._mod.ffi
+        iov = ffi.new("struct iovec[]", len(buffers))
+        keep = []
+        for i, buf in enumerate(buffers):
+            cbuf = ffi.from_buffer(buf, require_writable=True)
+            keep.append(cbuf)
+            iov[i].iov_base, iov[i].iov_len = cbuf, len(cbuf)
+        rc = self._mod.lib.rbd_io_readv(self._live(), iov, len(buffers), offset)
+        return _check(rc, f"read of {self.name} at {offset}")
+
+    def writev(self, offset: int, buffers: Sequence[bytes | bytearray | memoryview]) -> int:
+        """Write ``buffers`` back to back from ``offset``; returns the bytes written."""
+        ffi = self._mod.ffi
+        iov = ffi.new("struct iovec[]", len(buffers))
+        keep = []
+        for i, buf in enumerate(buffers):
+            cbuf = ffi.from_buffer(buf)
+            keep.append(cbuf)
+            iov[i].iov_base, iov[i].iov_len = cbuf, len(cbuf)
+        rc = self._mod.lib.rbd_io_writev(self._live(), iov, len(buffers), offset)
+        return _check(rc, f"write of {self.name} at {offset}")
+
+    def read(self, offset: int, length: int) -> bytes:
+        buf = bytearray(length)
+        if length:
+            self.readv(offset, [buf])
+        return bytes(buf)
+
+    def write(self, offset: int, data: bytes) -> None:
+        if data:
+            self.writev(offset, [data])
+
+    def flush(self) -> None:
+        _check(self._mod.lib.rbd_io_flush(self._live()), f"flush of {self.name}")
+
+    def discard(self, offset: int, length: int) -> None:
+        rc = self._mod.lib.rbd_io_discard(self._live(), offset, length)
+        _check(rc, f"discard of {self.name} at {offset}+{length}")
+
+    def write_same(self, offset: int, length: int, pattern: bytes) -> None:
+        """Repeat ``pattern`` over ``length`` bytes (a multiple of its length)."""
+        rc = self._mod.lib.rbd_io_write_same(self._live(), offset, length, pattern, len(pattern))
+        _check(rc, f"write same on {self.name} at {offset}+{length}")
+
+    def compare_and_write(self, offset: int, expected: bytes, data: bytes) -> int | None:
+        """Write ``data`` if the range holds ``expected``; else the first mismatch offset."""
+        if len(expected) != len(data):
+            raise ValueError("compare and write needs equal compare and write lengths")
+        ffi = self._mod.ffi
+        mismatch = ffi.new("uint64_t *")
+        rc = self._mod.lib.rbd_io_compare_and_write(
+            self._live(), offset, len(data), expected, data, mismatch
+        )
+        if rc == -errno.EILSEQ:
+            return int(mismatch[0])
+        _check(rc, f"compare and write on {self.name} at {offset}")
+        return None
+
+    def close(self) -> None:
+        if self._io is not None:
+            self._mod.lib.rbd_io_close(self._io)
+            self._io = None
+
+    def __enter__(self) -> RbdImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
