@@ -27,7 +27,7 @@ def test_default_emulation():
 
 
 def test_wait_and_serve(dev):
-    h = RingHandler(dev.ring, dev.sim.notify_fd)
+    h = RingHandler(dev.ring, dev.sim.notify_fd, event_size=dev.sim.event_size)
     assert h.wait(0) is False
     dev.sim.queue(bytes(6))
     dev.sim.queue(b"\xc1" + bytes(9))

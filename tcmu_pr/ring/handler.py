@@ -82,9 +82,12 @@ class RingHandler:
         *,
         emulate: Emulate = default_emulate,
         pr: PRHooks | None = None,
+        event_size: int = 4,
     ) -> None:
         self.ring = ring
         self.wait_fd = wait_fd
+        #: uio's read() takes exactly 4 bytes (an s32 event count); an eventfd wants 8.
+        self.event_size = event_size
         self.emulate = emulate
         self.pr = pr or PRHooks()
         self.refresh_verdict()
@@ -99,8 +102,8 @@ class RingHandler:
         poller.register(self.wait_fd, select.POLLIN)
         if not poller.poll(None if timeout is None else int(timeout * 1000)):
             return False
-        with contextlib.suppress(BlockingIOError):
-            os.read(self.wait_fd, 8)  # uio: 4-byte event count; eventfd: 8-byte counter
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            os.read(self.wait_fd, self.event_size)
         return True
 
     def serve(self) -> int:

@@ -93,6 +93,8 @@ class RingSimulator:
         self._next_id = 1
         self.inflight: dict[int, _Inflight] = {}
         self.notify_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        #: what one read of ``notify_fd`` must take (uio wants 4, an eventfd 8).
+        self.event_size = 8
         self._kick_r, self.kick_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- queueing -------------------------------------------------------------------

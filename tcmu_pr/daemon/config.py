@@ -1,0 +1,132 @@
+"""The daemon's own configuration file: TOML, every key optional, unknown keys refused.
+
+Why TOML: Python reads it without a dependency (``tomllib``) and it allows comments, so
+the shipped example (examples/tcmu-pr.conf) can document itself.  A missing file at the
+default path means "all defaults", because a gateway that only exports LUs listed in the
+topology file needs no settings at all; a path given on the command line must exist.
+Every error names the file, the key and what was expected, and nothing starts on a bad file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = Path("/etc/tcmu-pr/tcmu-pr.conf")
+DEFAULT_TOPOLOGY = Path("/etc/tcmu-pr/topology.json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+RING_KINDS = ("auto", "native", "python")
+BLOCK_SIZES = (512, 4096)
+
+
+class ConfigError(ValueError):
+    """The configuration file cannot be used; the message names file and key."""
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """Settings of one ``tcmu-pr daemon`` process (section.key in the file)."""
+
+    #: [daemon] topology: which I_T nexus each TCMU device serves (docs/daemon.md).
+    topology: Path = DEFAULT_TOPOLOGY
+    #: [daemon] log_level
+    log_level: str = "info"
+    #: [daemon] ring: "native" (C loop), "python", or "auto" (native when built).
+    ring: str = "auto"
+    #: [daemon] block_size: logical block size of every device (LIO's hw_block_size).
+    block_size: int = 512
+    #: [daemon] store_poll_ms: how often a file store's sidecar is checked for changes
+    #: made by other gateways (stat only; the blob is read when it changed).
+    store_poll_ms: int = 100
+    #: [daemon] ring_poll_ms: longest a device thread sleeps before checking for shutdown.
+    ring_poll_ms: int = 200
+    #: [dbus] enabled: offer org.kernel.TCMUService1 (targetcli's CheckConfig).
+    dbus: bool = True
+    #: [dbus] address: a D-Bus address; empty means the system bus.
+    dbus_address: str = ""
+
+
+# file section -> {key: DaemonConfig field}
+_KEYS: dict[str, dict[str, str]] = {
+    "daemon": {
+        "topology": "topology",
+        "log_level": "log_level",
+        "ring": "ring",
+        "block_size": "block_size",
+        "store_poll_ms": "store_poll_ms",
+        "ring_poll_ms": "ring_poll_ms",
+    },
+    "dbus": {"enabled": "dbus", "address": "dbus_address"},
+}
+
+
+def load(path: Path | None = None) -> DaemonConfig:
+    """Read ``path`` (default: DEFAULT_PATH, which may be absent); ConfigError on bad input."""
+    explicit = path is not None
+    path = path or DEFAULT_PATH
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{path}: no such configuration file") from None
+        return DaemonConfig()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read: {err}") from err
+    return parse(text, source=str(path))
+
+
+def parse(text: str, *, source: str = "<config>") -> DaemonConfig:
+    """Parse the TOML text of a configuration file."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{source}: not valid TOML: {err}") from err
+    values: dict[str, Any] = {}
+    for section, body in doc.items():
+        keys = _KEYS.get(section)
+        if keys is None:
+            raise ConfigError(f"{source}: unknown section [{section}] (known: daemon, dbus)")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: {section} must be a [section]")
+        for key, value in body.items():
+            name = keys.get(key)
+            if name is None:
+                known = ", ".join(keys)
+                raise ConfigError(f"{source}: unknown key {section}.{key} (known: {known})")
+            values[name] = _check(f"{source}: {section}.{key}", name, value)
+    return DaemonConfig(**values)
+
+
+def _check(where: str, name: str, value: Any) -> Any:
+    """Type and range of one value; returns it converted (paths)."""
+    if name == "topology":
+        if not isinstance(value, str) or not value.startswith("/"):
+            raise ConfigError(f"{where} must be an absolute path")
+        return Path(value)
+    if name == "log_level":
+        return _choice(where, value, LOG_LEVELS)
+    if name == "ring":
+        return _choice(where, value, RING_KINDS)
+    if name == "block_size":
+        if type(value) is not int or value not in BLOCK_SIZES:
+            raise ConfigError(f"{where} must be one of {', '.join(map(str, BLOCK_SIZES))}")
+        return value
+    if name in ("store_poll_ms", "ring_poll_ms"):
+        if type(value) is not int or not 10 <= value <= 10_000:
+            raise ConfigError(f"{where} must be an integer from 10 to 10000")
+        return value
+    if name == "dbus":
+        if type(value) is not bool:
+            raise ConfigError(f"{where} must be true or false")
+        return value
+    if not isinstance(value, str):  # dbus_address
+        raise ConfigError(f"{where} must be a string")
+    return value
+
+
+def _choice(where: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{where} must be one of {', '.join(choices)}, not {value!r}")
+    return value

@@ -1,0 +1,171 @@
+"""The whole daemon against a kernel played by tests: netlink peer + simulated rings.
+
+Two TCMU devices of one LU (one file image), each serving its own I_T nexus, as LIO with
+pgr_support=0 would create them; PR commands through one device must govern the other
+device's native fast path, and unit attentions must reach the preempted nexus.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from daemon_support import NEXUS_A, NEXUS_B, DaemonRig, run_cmd, wait_for, write_topology
+from pr_cdbs import PREEMPT, PREEMPT_AND_ABORT, REGISTER, RESERVE, basic_list, prout, sense_code
+from ring_support import rw10
+
+from tcmu_pr import scsi
+from tcmu_pr.apply import apply
+from tcmu_pr.backends.file import FileSlot
+from tcmu_pr.conflict import VERDICT_UA
+from tcmu_pr.daemon.config import DaemonConfig
+from tcmu_pr.netlink.family import Attr
+from tcmu_pr.nexus import Nexus
+
+KEY_A, KEY_B = 0xAAAA, 0xBBBB
+WE = 0x1  # WRITE EXCLUSIVE: only the holder writes, everyone reads
+BLOCK = 512
+TUR = bytes(6)
+READ_CAPACITY_10 = bytes([0x25]) + bytes(9)
+UA_REGISTRATIONS_PREEMPTED = (scsi.UNIT_ATTENTION, 0x2A, 0x05)
+NO_NEXUS = (scsi.HARDWARE_ERROR, 0x08, 0x00)
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "lu0.img"
+    path.write_bytes(bytes(1 << 20))
+    return path
+
+
+@pytest.fixture
+def cfg(tmp_path, image):
+    write_topology(
+        tmp_path / "topology.json",
+        {
+            "user_1/lu0_a": {"lu": "lu0", "store": f"file:{image}", "nexus": NEXUS_A, "rtpi": 1},
+            "user_1/lu0_b": {"lu": "lu0", "store": f"file:{image}", "nexus": NEXUS_B, "rtpi": 2},
+        },
+    )
+    return DaemonConfig(
+        topology=tmp_path / "topology.json", dbus=False, store_poll_ms=20, ring_poll_ms=50
+    )
+
+
+@pytest.fixture
+def rig(cfg, image):
+    with DaemonRig(cfg) as rig:
+        assert rig.peer.add_device(1, f"tcmu-pr/file:{image}", name="lu0_a", minor=0) == 0
+        assert rig.peer.add_device(2, f"tcmu-pr/file:{image}", name="lu0_b", minor=1) == 0
+        yield rig
+
+
+def pr(sim, sa: int, params: bytes, type_: int = 0):
+    cdb, data = prout(sa, params, type_)
+    return run_cmd(sim, cdb, data_out=data)
+
+
+def stats(rig, device_id: int) -> dict[str, int]:
+    return rig.daemon.manager.devices[device_id]._guard.stats()
+
+
+def test_reservation_on_one_device_fences_the_other_in_the_native_loop(rig, image):
+    a, b = rig.sim("lu0_a"), rig.sim("lu0_b")
+    assert pr(a, REGISTER, basic_list(0, KEY_A)).status == scsi.GOOD
+    assert pr(b, REGISTER, basic_list(0, KEY_B)).status == scsi.GOOD
+    assert pr(a, RESERVE, basic_list(KEY_A), WE).status == scsi.GOOD
+
+    before = stats(rig, 2)
+    done = run_cmd(b, rw10(True, 0, 1), data_out=b"b" * BLOCK)
+    assert done.status == scsi.RESERVATION_CONFLICT
+    after = stats(rig, 2)
+    # Answered by the C loop from the published verdict, not punted to Python.
+    assert after["conflicts"] == before["conflicts"] + 1
+    assert after["punted"] == before["punted"]
+    assert image.read_bytes()[:BLOCK] == bytes(BLOCK)
+
+    assert run_cmd(a, rw10(True, 0, 1), data_out=b"a" * BLOCK).status == scsi.GOOD
+    assert image.read_bytes()[:BLOCK] == b"a" * BLOCK
+    read = run_cmd(b, rw10(False, 0, 1), data_in=BLOCK)  # WRITE EXCLUSIVE: reads allowed
+    assert (read.status, read.data) == (scsi.GOOD, b"a" * BLOCK)
+
+
+@pytest.mark.parametrize("action", [PREEMPT, PREEMPT_AND_ABORT])
+def test_preempt_delivers_a_unit_attention_to_the_preempted_nexus(rig, image, action):
+    a, b = rig.sim("lu0_a"), rig.sim("lu0_b")
+    pr(a, REGISTER, basic_list(0, KEY_A))
+    pr(b, REGISTER, basic_list(0, KEY_B))
+    pr(a, RESERVE, basic_list(KEY_A), WE)
+
+    assert pr(b, action, basic_list(KEY_B, KEY_A), WE).status == scsi.GOOD
+    # Published before the PREEMPT's status reached the kernel.
+    assert rig.daemon.manager.devices[1]._verdict & VERDICT_UA
+
+    first = run_cmd(a, rw10(True, 0, 1), data_out=b"a" * BLOCK)
+    assert first.status == scsi.CHECK_CONDITION
+    assert sense_code(first.sense) == UA_REGISTRATIONS_PREEMPTED
+    assert not rig.daemon.manager.devices[1]._verdict & VERDICT_UA  # delivered once
+    again = run_cmd(a, rw10(True, 0, 1), data_out=b"a" * BLOCK)
+    assert again.status == scsi.RESERVATION_CONFLICT
+    assert image.read_bytes()[:BLOCK] == bytes(BLOCK)
+    assert run_cmd(b, rw10(True, 0, 1), data_out=b"b" * BLOCK).status == scsi.GOOD
+
+
+def test_a_change_by_another_gateway_reaches_the_fast_path(rig, image):
+    a, b = rig.sim("lu0_a"), rig.sim("lu0_b")
+    pr(b, REGISTER, basic_list(0, KEY_B))
+    # A gateway elsewhere (its own slot, same sidecar) registers and reserves for C.
+    other = Nexus.parse("iqn.1994-05.com.redhat:client-c,i,0x1,iqn.2003-01.org.gw2:c,t,0x1")
+    with FileSlot(image) as slot:
+        cdb, data = prout(REGISTER, basic_list(0, 0xC))
+        assert apply(slot, other, cdb, data).status == scsi.GOOD
+        cdb, data = prout(RESERVE, basic_list(0xC), WE)
+        assert apply(slot, other, cdb, data).status == scsi.GOOD
+    # The watcher (20 ms stat poll) republishes; no command went through this daemon.
+    wait_for(lambda: rig.daemon.manager.devices[2]._verdict & 2 == 0)
+    assert run_cmd(b, rw10(True, 0, 1), data_out=b"b" * BLOCK).status == scsi.RESERVATION_CONFLICT
+    assert run_cmd(a, rw10(True, 0, 1), data_out=b"a" * BLOCK).status == scsi.RESERVATION_CONFLICT
+
+
+def test_device_without_nexus_refuses_pr_and_runs_as_unregistered(cfg, image, tmp_path):
+    other = tmp_path / "lu1.img"
+    other.write_bytes(bytes(1 << 20))
+    with DaemonRig(cfg) as rig:
+        assert rig.peer.add_device(3, f"tcmu-pr/file:{other}", name="lu1_x") == 0
+        x = rig.sim("lu1_x")
+        done = pr(x, REGISTER, basic_list(0, KEY_A))
+        assert (done.status, sense_code(done.sense)) == (scsi.CHECK_CONDITION, NO_NEXUS)
+        assert run_cmd(x, rw10(True, 0, 1), data_out=b"x" * BLOCK).status == scsi.GOOD
+        # Once someone holds a reservation, the unknown nexus is a non-holder.
+        holder = Nexus.parse(NEXUS_A)
+        with FileSlot(other) as slot:
+            apply(slot, holder, *prout(REGISTER, basic_list(0, KEY_A)))
+            apply(slot, holder, *prout(RESERVE, basic_list(KEY_A), WE))
+        wait_for(lambda: rig.daemon.manager.devices[3]._verdict & 2 == 0)
+        done = run_cmd(x, rw10(True, 0, 1), data_out=b"y" * BLOCK)
+        assert done.status == scsi.RESERVATION_CONFLICT
+
+
+def test_dev_config_nexus_disagreeing_with_topology_is_refused(rig, image):
+    config = f"tcmu-pr/file:{image};nexus={NEXUS_B}"
+    assert rig.peer.add_device(5, config, name="lu0_a", minor=5) == -errno.EINVAL
+    assert 5 not in rig.daemon.manager.devices
+
+
+def test_reconfig_size_and_remove(rig, image):
+    a = rig.sim("lu0_a")
+    assert rig.peer.reconfig(1, {Attr.DEV_SIZE: 64 * BLOCK}) == 0
+    cap = run_cmd(a, READ_CAPACITY_10, data_in=8)
+    assert int.from_bytes(cap.data[:4], "big") == 63  # last LBA
+    assert run_cmd(a, rw10(False, 64, 1), data_in=BLOCK).status == scsi.CHECK_CONDITION
+    assert rig.peer.reconfig(1, {Attr.DEV_SIZE: 4 << 20}) == -errno.EINVAL  # file is 1 MiB
+    assert rig.peer.reconfig(1, {Attr.WRITECACHE: 0}) == 0
+    assert run_cmd(a, TUR).status == scsi.GOOD
+
+    manager = rig.daemon.manager
+    assert rig.peer.remove_device(1) == 0
+    assert 1 not in manager.devices and "lu0_a" in rig.rings.closed
+    assert len(manager.lus) == 1  # device 2 still serves the LU
+    assert rig.peer.remove_device(2) == 0
+    assert manager.devices == {} and manager.lus == {}
+    assert rig.peer.remove_device(2) == -errno.ENODEV
