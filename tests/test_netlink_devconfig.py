@@ -39,6 +39,8 @@ def test_plain_file_and_rbd_configs():
     )
     cfg = parse_dev_config("tcmu-pr/rbd:rbd/disk1")
     assert (cfg.store, cfg.pr_store) == ("rbd:rbd/disk1", "rbd:rbd/disk1")
+    # targetcli spells the handler as D-Bus must: tcmu_pr.
+    assert parse_dev_config("tcmu_pr/file:/srv/lu0.img").store == "file:/srv/lu0.img"
 
 
 def test_options():

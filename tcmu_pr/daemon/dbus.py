@@ -13,7 +13,7 @@ logs one warning and serves LUs anyway; only targetcli's ``user:`` backstores ar
 
 D-Bus object path elements allow only ``[A-Za-z0-9_]``, so the handler ``tcmu-pr`` is
 exported as ``tcmu_pr``; targetcli then builds configs starting ``tcmu_pr/``, which the
-netlink side must accept as an alias (docs/daemon.md).
+netlink side accepts as an alias (devconfig.HANDLER_ALIAS).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from tcmu_pr.netlink.devconfig import HANDLER, ConfigError, parse_dev_config
+from tcmu_pr.netlink.devconfig import HANDLER_ALIAS, ConfigError, parse_dev_config
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ ROOT_PATH = "/org/kernel/TCMUService1"
 INTERFACE = "org.kernel.TCMUService1"
 OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
 #: The handler's name as a D-Bus object path element (and so as targetcli spells it).
-DBUS_HANDLER = HANDLER.replace("-", "_")
+DBUS_HANDLER = HANDLER_ALIAS
 
 CONFIG_DESC = (
     "<store>[;pr_store=<store>][;nexus=<I_T nexus>][;rtpi=<1..65535>]\n"
@@ -69,21 +69,6 @@ def check_config(config: str) -> tuple[bool, str]:
     ADDED_DEVICE accepts; a file store must also exist (a missing image is the commonest
     typo, and the device would only be refused later, less visibly).
     """
-    handler, sep, rest = config.partition("/")
-    if sep and handler == DBUS_HANDLER and handler != HANDLER:
-        try:
-            parse_dev_config(config)
-        except ConfigError:
-            # Valid for us only once devconfig takes the alias: say so instead of letting
-            # targetcli create a device that ADDED_DEVICE would refuse.
-            try:
-                parse_dev_config(f"{HANDLER}/{rest}")
-            except ConfigError as err:
-                return False, str(err)
-            return False, (
-                f"handler alias {DBUS_HANDLER!r} is not accepted by this tcmu-pr's netlink "
-                f"side yet (it expects {HANDLER!r}/...)"
-            )
     try:
         parsed = parse_dev_config(config)
     except ConfigError as err:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from tcmu_pr.nexus import Nexus, NexusError
 
 HANDLER = "tcmu-pr"
+#: The same handler as targetcli spells it: D-Bus object paths allow no "-" (see daemon/dbus.py).
+HANDLER_ALIAS = "tcmu_pr"
 #: TCMU_CONFIG_LEN in target_core_user.c is 256 bytes including the NUL.
 DEV_CONFIG_MAX = 255
 KNOWN_OPTIONS = ("pr_store", "nexus", "rtpi")
@@ -80,7 +82,7 @@ def parse_dev_config(text: str) -> DevConfig:
     if len(text) > DEV_CONFIG_MAX:
         raise ConfigError(f"dev_config is {len(text)} characters, at most {DEV_CONFIG_MAX}")
     handler, sep, rest = text.partition("/")
-    if not sep or handler != HANDLER:
+    if not sep or handler not in (HANDLER, HANDLER_ALIAS):
         raise ConfigError(f"dev_config {text!r} is not for handler {HANDLER!r}", errno.ENOENT)
     store_text, *option_texts = rest.split(";")
     store = parse_store(store_text)
