@@ -202,4 +202,7 @@ def apply(
     outcome = last[0]
     if outcome.state is stored:
         return outcome
-    return dataclasses.replace(outcome, state=stored)
+    landed = dataclasses.replace(outcome, state=stored)
+    # A shared store may still have to hear from the other gateways (RBD: notify acks).
+    confirm = getattr(slot, "confirm", None)
+    return landed if confirm is None else confirm(cdb, landed)

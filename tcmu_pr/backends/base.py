@@ -14,6 +14,10 @@ class PRSlot(Protocol):
 
     The token of the compare-and-swap is the exact bytes last read: a v1 peer (SUSE's
     target_core_rbd) guards its writes the same way, so both kinds of writer interlock.
+
+    A slot shared by gateways on other hosts may also define ``confirm(cdb, outcome) ->
+    Outcome``: the answer to give for a change this thread just stored, once the other
+    gateways have (or have not) acknowledged it.  ``apply`` calls it after every change.
     """
 
     def read(self) -> bytes:

@@ -80,8 +80,8 @@ class RbdPRSlot:
     """The ``pr_info`` xattr on one image's header object (a :class:`PRSlot`).
 
     Every successful compare-and-swap notifies the header object's watchers and keeps the
-    result in :attr:`last_notify`; :meth:`confirm` turns an unconfirmed fencing command into
-    CHECK CONDITION.  ``guard=False`` writes without the compare (benchmark control only).
+    result (per thread) in :attr:`last_notify`; :meth:`confirm` turns an unconfirmed fencing
+    command into CHECK CONDITION.  ``guard=False`` writes without the compare (benchmark control only).
     """
 
     def __init__(
@@ -99,11 +99,11 @@ class RbdPRSlot:
         self.guard = guard
         self._owned = owned
         self.oid = f"rbd_header.{ioctx.rbd_image_id(image)}"
-        self.last_notify: NotifyResult | None = None
+        #: Per thread: the notify that followed this thread's last successful CAS, so that
+        #: confirm() judges the command that thread ran (ring threads share one slot).
+        self._last = threading.local()
         #: monotonic time the last notify was sent (for invalidation-latency figures).
         self.last_notify_sent = 0.0
-        #: Serialises apply_confirmed() so last_notify belongs to the command that ran.
-        self.command_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -141,8 +141,13 @@ class RbdPRSlot:
             self.ioctx.setxattr(self.oid, PR_XATTR, new)
             landed = True
         if landed:
-            self.last_notify = self.notify()
+            self._last.notify = self.notify()
         return landed
+
+    @property
+    def last_notify(self) -> NotifyResult | None:
+        """The notify that followed this thread's last successful CAS (None before any)."""
+        return getattr(self._last, "notify", None)
 
     @property
     def notify_timeout_ms(self) -> int:
@@ -210,24 +215,6 @@ def open_rbd_slot(spec_rest: str) -> RbdPRSlot:
     except ValueError as err:
         raise StoreError(errno.EINVAL, str(err)) from err
     return RbdPRSlot.open(pool, image, notify_timeout=timeout)
-
-
-def apply_confirmed(
-    slot: RbdPRSlot,
-    nexus: Nexus,
-    cdb: bytes,
-    data: bytes = b"",
-    *,
-    rtpi: int | None = None,
-    **kwargs: object,
-) -> scsi.Outcome:
-    """``apply.apply`` on an RBD slot, with the fencing confirmation applied to its answer."""
-    from tcmu_pr.apply import apply
-
-    with slot.command_lock:
-        slot.last_notify = None
-        outcome = apply(slot, nexus, cdb, data, rtpi=rtpi, **kwargs)  # type: ignore[arg-type]
-        return slot.confirm(cdb, outcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,8 +335,7 @@ class RbdPRCache:
             new, taken[0] = engine.take_unit_attention(state, nexus)
             return new
 
-        with self.slot.command_lock:
-            apply_update(self.slot, take)
+        apply_update(self.slot, take)
         return taken[0]
 
     def add_listener(self, fn: Callable[[CacheSnapshot], None]) -> None:

@@ -297,12 +297,7 @@ class Device:
         nexus = self.nexus
         if nexus is None:
             return self._refuse_no_nexus(cdb)
-        if self.lu.is_rbd:
-            from tcmu_pr.backends.rbd import apply_confirmed
-
-            outcome = apply_confirmed(self.lu.slot, nexus, cdb, data, rtpi=self.rtpi)  # type: ignore[arg-type]
-        else:
-            outcome = apply(self.lu.slot, nexus, cdb, data, rtpi=self.rtpi)
+        outcome = apply(self.lu.slot, nexus, cdb, data, rtpi=self.rtpi)
         self.lu.refresh()
         if (
             outcome.status == scsi.GOOD

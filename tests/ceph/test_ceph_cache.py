@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tcmu_pr import conflict, scsi
+from tcmu_pr.apply import apply
 from tcmu_pr.backends.base import StoreError
 from tcmu_pr.backends.rados_cas import Cluster
 from tcmu_pr.backends.rbd import (
@@ -19,7 +20,6 @@ from tcmu_pr.backends.rbd import (
     FENCE_NOT_CONFIRMED,
     RbdPRCache,
     RbdPRSlot,
-    apply_confirmed,
 )
 from tcmu_pr.nexus import Nexus
 from tcmu_pr.pr_cdb import PREEMPT, REGISTER, REGISTER_AND_IGNORE_EXISTING_KEY, RESERVE, pr_out
@@ -44,7 +44,7 @@ class Gateway:
 
     def run(self, nexus: Nexus, action: int, **kw: int) -> scsi.Outcome:
         cdb, params = pr_out(action, **kw)
-        return apply_confirmed(self.slot, nexus, cdb, params)
+        return apply(self.slot, nexus, cdb, params)
 
     def close(self) -> None:
         self.cache.close()
