@@ -81,7 +81,8 @@ class RbdPRSlot:
 
     Every successful compare-and-swap notifies the header object's watchers and keeps the
     result (per thread) in :attr:`last_notify`; :meth:`confirm` turns an unconfirmed fencing
-    command into CHECK CONDITION.  ``guard=False`` writes without the compare (benchmark control only).
+    command into CHECK CONDITION.  ``guard=False`` writes without the compare (benchmark
+    control only).
     """
 
     def __init__(
