@@ -18,10 +18,13 @@ import multiprocessing as mp
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from tcmu_pr import scsi
+from tcmu_pr.backends.base import PRSlot
 from tcmu_pr.cli import UsageError, command
 from tcmu_pr.nexus import Nexus
 from tcmu_pr.pr_cdb import REGISTER_AND_IGNORE_EXISTING_KEY, pr_out
@@ -100,15 +103,19 @@ class BenchResult:
         )
 
 
-def _worker(image: str, proc: int, updates: int, guarded: bool, start, out) -> None:  # type: ignore[no-untyped-def]
+#: Opens the slot under test: ``factory(guard=...)``.  Must pickle (a functools.partial of a
+#: module-level class or classmethod), since workers may be spawned.
+SlotFactory = Callable[..., PRSlot]
+
+
+def _worker(factory: SlotFactory, proc: int, updates: int, guarded: bool, start, out) -> None:  # type: ignore[no-untyped-def]
     from tcmu_pr.apply import ApplyStats, apply
-    from tcmu_pr.backends.file import FileSlot
 
     result = WorkerResult(proc)
     stats = ApplyStats()
     nexus = bench_nexus(proc)
     try:
-        with FileSlot(image, guard=guarded) as slot:
+        with factory(guard=guarded) as slot:
             start.wait()
             counter = 1
             while counter <= updates:
@@ -131,32 +138,41 @@ def _worker(image: str, proc: int, updates: int, guarded: bool, start, out) -> N
         out.put(result)
 
 
-def run_store_bench(
-    directory: Path, *, procs: int = 4, updates: int = 200, guarded: bool = True
+def run_storm(
+    factory: SlotFactory,
+    *,
+    procs: int = 4,
+    updates: int = 200,
+    guarded: bool = True,
+    start_method: str = "fork",
 ) -> BenchResult:
-    """Run one round on a fresh image in ``directory`` and check the final state."""
-    from tcmu_pr import codec
-    from tcmu_pr.backends.file import FileSlot, sidecar_path
+    """``procs`` processes x ``updates`` updates on the (empty) slot ``factory`` opens.
 
-    image = directory / f"bench-{'guarded' if guarded else 'unguarded'}.img"
-    image.write_bytes(b"")
-    sidecar_path(image).unlink(missing_ok=True)
-    ctx = mp.get_context("fork")
+    RBD needs ``start_method="spawn"``: a process already running librados threads must not
+    fork a child that starts librados again.
+    """
+    from tcmu_pr import codec
+
+    ctx = mp.get_context(start_method)
     start = ctx.Barrier(procs + 1)  # the processes really overlap: all start at once
     out = ctx.Queue()
     workers = [
-        ctx.Process(target=_worker, args=(str(image), p, updates, guarded, start, out))
+        ctx.Process(target=_worker, args=(factory, p, updates, guarded, start, out))
         for p in range(procs)
     ]
     for w in workers:
         w.start()
-    start.wait(timeout=60)
-    t0 = time.perf_counter()
-    results = [out.get(timeout=600) for _ in workers]
-    seconds = time.perf_counter() - t0
-    for w in workers:
-        w.join(timeout=30)
-    with FileSlot(image) as slot:
+    try:
+        start.wait(timeout=120)
+        t0 = time.perf_counter()
+        results = [out.get(timeout=600) for _ in workers]
+        seconds = time.perf_counter() - t0
+    finally:
+        for w in workers:
+            w.join(timeout=30)
+            if w.is_alive():
+                w.kill()
+    with factory(guard=True) as slot:
         state = codec.decode(slot.read())
     keys_ok = sum(
         1
@@ -168,23 +184,54 @@ def run_store_bench(
     return BenchResult(guarded, procs, updates, seconds, state.generation, keys_ok, results)
 
 
+def run_store_bench(
+    directory: Path, *, procs: int = 4, updates: int = 200, guarded: bool = True
+) -> BenchResult:
+    """Run one round on a fresh image file in ``directory``."""
+    from tcmu_pr.backends.file import FileSlot, sidecar_path
+
+    image = directory / f"bench-{'guarded' if guarded else 'unguarded'}.img"
+    image.write_bytes(b"")
+    sidecar_path(image).unlink(missing_ok=True)
+    return run_storm(partial(FileSlot, str(image)), procs=procs, updates=updates, guarded=guarded)
+
+
 def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--procs", type=int, default=4, help="writer processes (default 4)")
     p.add_argument("--updates", type=int, default=200, help="updates per process (default 200)")
     p.add_argument("--dir", type=Path, help="where the image goes (default: a temp dir)")
+    p.add_argument(
+        "--store",
+        metavar="rbd:POOL/IMAGE",
+        help="storm an existing RBD image instead (its pr_info is reset; Ceph config from "
+        "$CEPH_CONF)",
+    )
 
 
-@command("bench", "store", help="concurrent PR updates on one file store", configure=_configure)
+@command("bench", "store", help="concurrent PR updates on one store", configure=_configure)
 def _bench_store(args: argparse.Namespace) -> int:
     if not 1 <= args.procs <= 64 or not 1 <= args.updates <= 1_000_000:
         raise UsageError("--procs must be 1..64 and --updates 1..1000000")
     with tempfile.TemporaryDirectory(prefix="tcmu-pr-bench-", dir=args.dir) as tmp:
-        print(f"file store in {tmp}; {args.procs} processes x {args.updates} updates each")
+        if args.store:
+            pool, sep, image = args.store.removeprefix("rbd:").partition("/")
+            if not args.store.startswith("rbd:") or not sep or not pool or not image:
+                raise UsageError(f"--store {args.store!r}: expected rbd:POOL/IMAGE")
+            print(f"RBD store {pool}/{image}; {args.procs} processes x {args.updates} updates")
+        else:
+            print(f"file store in {tmp}; {args.procs} processes x {args.updates} updates each")
         ok = True
         for guarded in (True, False):
-            res = run_store_bench(
-                Path(tmp), procs=args.procs, updates=args.updates, guarded=guarded
-            )
+            if args.store:
+                from tcmu_pr.backends.rbd_bench import run_rbd_storm
+
+                res = run_rbd_storm(
+                    pool, image, procs=args.procs, updates=args.updates, guarded=guarded
+                )
+            else:
+                res = run_store_bench(
+                    Path(tmp), procs=args.procs, updates=args.updates, guarded=guarded
+                )
             print(res.summary())
             if guarded:
                 ok = res.lost == 0 and res.other == 0 and res.keys_ok == args.procs

@@ -11,21 +11,28 @@ import struct
 
 from tcmu_pr import scsi
 
-# PERSISTENT RESERVE OUT service actions (SPC-4 table 168).
-REGISTER = 0x00
-RESERVE = 0x01
-RELEASE = 0x02
-CLEAR = 0x03
-PREEMPT = 0x04
-PREEMPT_AND_ABORT = 0x05
-REGISTER_AND_IGNORE_EXISTING_KEY = 0x06
-REGISTER_AND_MOVE = 0x07
+# The service action codes are the engine's (one definition); re-exported for builders.
+from tcmu_pr.engine.cdb import (
+    CLEAR,
+    PREEMPT,
+    PREEMPT_AND_ABORT,
+    READ_FULL_STATUS,
+    READ_KEYS,
+    READ_RESERVATION,
+    REGISTER,
+    REGISTER_AND_IGNORE_EXISTING_KEY,
+    REGISTER_AND_MOVE,
+    RELEASE,
+    REPORT_CAPABILITIES,
+    RESERVE,
+)
 
-# PERSISTENT RESERVE IN service actions (SPC-4 table 163).
-READ_KEYS = 0x00
-READ_RESERVATION = 0x01
-REPORT_CAPABILITIES = 0x02
-READ_FULL_STATUS = 0x03
+__all__ = [
+    "ALL_TG_PT", "APTPL", "CLEAR", "PREEMPT", "PREEMPT_AND_ABORT", "READ_FULL_STATUS",
+    "READ_KEYS", "READ_RESERVATION", "REGISTER", "REGISTER_AND_IGNORE_EXISTING_KEY",
+    "REGISTER_AND_MOVE", "RELEASE", "REPORT_CAPABILITIES", "RESERVE", "SPEC_I_PT",
+    "parse_read_keys", "pr_in", "pr_out", "read10", "write10",
+]  # fmt: skip
 
 # Parameter list flags, byte 20.
 SPEC_I_PT = 0x08
