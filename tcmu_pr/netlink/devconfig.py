@@ -6,11 +6,16 @@ no ``/<dev_config>`` part when it is empty) and sends that string as TCMU_ATTR_D
 tcmu-runner convention it starts with the handler name.  Ours::
 
     tcmu-pr/<store>[;<key>=<value>]...
-    <store>  := file:<absolute path> | rbd:<pool>/<image>
-    <key>    := pr_store (PR slot spec, default: <store>)
+    <store>  := file/<absolute path> | rbd/<pool>/<image>       (canonical)
+              | file:<absolute path> | rbd:<pool>/<image>       (store-spec spelling)
+    <key>    := pr_store (PR slot, same two spellings, default: <store>)
               | nexus    (I_T nexus to run commands as, <init>,i,0x<isid>,<tport>,t,0x<tpgt>)
               | rtpi     (relative target port identifier, 1..65535)
 
+The slash spelling exists because rtslib-fb (so targetcli) refuses ``:`` in a user backstore's
+config, e.g. ``tcmu-pr/file//srv/lu0.img`` as tcmu-runner's ``qcow//path``.  The kernel
+splits its control string at commas, so a nexus (which has commas) cannot travel in a
+dev_config written through configfs: the daemon's topology file is where nexuses live.
 Values cannot contain ``;``.  Pure parsing, no I/O: whether the file or image exists is
 found out when the store is opened.
 """
@@ -106,20 +111,23 @@ def parse_dev_config(text: str) -> DevConfig:
 
 
 def parse_store(text: str) -> str:
-    """Validate a store spec (``file:/abs/path`` or ``rbd:pool/image``); returns it unchanged."""
-    scheme, sep, where = text.partition(":")
-    if not sep:
-        raise ConfigError(f"store {text!r} is not file:<path> or rbd:<pool>/<image>")
+    """Validate a store (``file:/abs/path``, ``rbd:pool/image`` or their slash spellings
+    ``file//abs/path``, ``rbd/pool/image``); returns it as a store spec (the colon form)."""
+    colon, slash = text.find(":"), text.find("/")
+    sep_at = colon if colon != -1 and (slash == -1 or colon < slash) else slash
+    if sep_at <= 0:
+        raise ConfigError(f"store {text!r} is not file/<path> or rbd/<pool>/<image>")
+    scheme, where = text[:sep_at], text[sep_at + 1 :]
     if scheme == "file":
         if not where.startswith("/") or "\0" in where or where.endswith("/"):
             raise ConfigError(f"file store {where!r} must be an absolute file path")
-        return text
-    if scheme == "rbd":
-        pool, slash, image = where.partition("/")
-        if not slash or not _RBD_NAME.fullmatch(pool) or not _RBD_NAME.fullmatch(image):
+    elif scheme == "rbd":
+        pool, slash_sep, image = where.partition("/")
+        if not slash_sep or not _RBD_NAME.fullmatch(pool) or not _RBD_NAME.fullmatch(image):
             raise ConfigError(f"rbd store {where!r} must be <pool>/<image>")
-        return text
-    raise ConfigError(f"unknown store type {scheme!r} (file or rbd)")
+    else:
+        raise ConfigError(f"unknown store type {scheme!r} (file or rbd)")
+    return f"{scheme}:{where}"
 
 
 def _parse_nexus(text: str | None) -> Nexus | None:

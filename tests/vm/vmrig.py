@@ -40,6 +40,7 @@ class VM:
         self.image = build_image()
         self.io = Path(tempfile.mkdtemp(prefix="tcmu-pr-vm-io."))
         (self.io / "jobs").mkdir()
+        (self.io / "host-repo").write_text(str(REPO))
         self.console = self.io / "console.log"
         self._seq = 0
         self._overlay = self.io / "overlay.qcow2"
