@@ -7,9 +7,10 @@
     pr_ioctl.py DEV preempt OLD NEW TYPE [--abort]
     pr_ioctl.py DEV clear KEY
 
-Keys are decimal or 0x-prefixed hex; TYPE is the block layer's (1 WE, 2 EA, 3 WE_RO, 4 EA_RO, 5 WE_AR,
-6 EA_AR), not SCSI's.  Prints ``ok`` or ``status N`` (the SCSI status the kernel passed back,
-e.g. 24 = RESERVATION CONFLICT) or ``errno NAME``, and exits 0 / the status / 1.
+Keys are decimal or 0x-prefixed hex; TYPE is the block layer's (1 WE, 2 EA, 3 WE_RO,
+4 EA_RO, 5 WE_AR, 6 EA_AR), not SCSI's.  Prints ``ok``, ``status N`` (the SCSI status the
+kernel passed back, e.g. 24 = RESERVATION CONFLICT) or ``errno NAME``, and exits 0 / the
+status / 1.
 Uses only the merged ABI (the numbers match /usr/include/linux/pr.h on 6.x kernels).
 """
 
