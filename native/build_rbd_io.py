@@ -30,6 +30,8 @@ int rbd_io_write_same(struct rbd_io *io, uint64_t off, uint64_t len, const void 
                       size_t pattern_len);
 int rbd_io_compare_and_write(struct rbd_io *io, uint64_t off, size_t len, const void *cmp,
                              const void *buf, uint64_t *mismatch);
+struct ring_backend_ops { ...; };
+const struct ring_backend_ops *rbd_io_ring_ops(void);
 """
 
 

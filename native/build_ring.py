@@ -29,7 +29,7 @@ CDEF = """
 
 struct ring_backend_ops { ...; };
 struct ring_file_backend { int fd; ...; };
-extern const struct ring_backend_ops ring_file_ops;
+const struct ring_backend_ops *tcmu_ring_file_ops(void);
 
 struct ring_stats {
     uint64_t cmds; uint64_t fast; uint64_t punted; uint64_t conflicts; uint64_t bad;

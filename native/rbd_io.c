@@ -35,6 +35,10 @@ int rbd_io_open(const char *pool, const char *image, const char *conf, const cha
 	rc = rados_create(&io->cluster, client_id ? client_id : "admin");
 	if (rc < 0)
 		goto fail_free;
+	/* librados would wait 300 s for an unreachable monitor; the config file may override */
+	rc = rados_conf_set(io->cluster, "client_mount_timeout", "30");
+	if (rc < 0)
+		goto fail_shutdown;
 	rc = rados_conf_read_file(io->cluster, conf);
 	if (rc < 0)
 		goto fail_shutdown;
@@ -127,7 +131,7 @@ static ssize_t finish(rbd_completion_t c)
 typedef int (*vec_fn)(rbd_image_t, const struct iovec *, int, uint64_t, rbd_completion_t);
 
 static ssize_t vector_io(struct rbd_io *io, const struct iovec *iov, int iovcnt, uint64_t off,
-			 vec_fn fn)
+			 vec_fn fn, int write)
 {
 	rbd_completion_t c;
 	int64_t total = iov_total(iov, iovcnt);
@@ -149,19 +153,23 @@ static ssize_t vector_io(struct rbd_io *io, const struct iovec *iov, int iovcnt,
 		rbd_aio_release(c);
 		return rc;
 	}
-	/* librbd completes a write with 0, a read with its length: report the length for both. */
+	/* librbd completes a write with 0 and a read with the bytes it filled.  A read is
+	 * reported as librbd counted it: should the image shrink between check_range and the
+	 * read, claiming the whole length would pass off stale buffer bytes as data. */
 	ret = finish(c);
-	return ret < 0 ? ret : (ssize_t)total;
+	if (ret < 0)
+		return ret;
+	return write ? (ssize_t)total : (ret > total ? (ssize_t)total : ret);
 }
 
 ssize_t rbd_io_readv(struct rbd_io *io, const struct iovec *iov, int iovcnt, uint64_t off)
 {
-	return vector_io(io, iov, iovcnt, off, rbd_aio_readv);
+	return vector_io(io, iov, iovcnt, off, rbd_aio_readv, 0);
 }
 
 ssize_t rbd_io_writev(struct rbd_io *io, const struct iovec *iov, int iovcnt, uint64_t off)
 {
-	return vector_io(io, iov, iovcnt, off, rbd_aio_writev);
+	return vector_io(io, iov, iovcnt, off, rbd_aio_writev, 1);
 }
 
 int rbd_io_flush(struct rbd_io *io)
@@ -223,4 +231,32 @@ int rbd_io_compare_and_write(struct rbd_io *io, uint64_t off, size_t len, const 
 		return -EILSEQ;
 	}
 	return rc < 0 ? (int)rc : 0;
+}
+
+/* ---- the command ring's backend ops ----------------------------------------------- */
+
+static ssize_t ring_rbd_readv(void *b, const struct iovec *iov, int cnt, uint64_t off)
+{
+	return rbd_io_readv(b, iov, cnt, off);
+}
+
+static ssize_t ring_rbd_writev(void *b, const struct iovec *iov, int cnt, uint64_t off)
+{
+	return rbd_io_writev(b, iov, cnt, off);
+}
+
+static int ring_rbd_flush(void *b)
+{
+	return rbd_io_flush(b);
+}
+
+const struct ring_backend_ops rbd_ring_ops = {
+	.readv = ring_rbd_readv,
+	.writev = ring_rbd_writev,
+	.flush = ring_rbd_flush,
+};
+
+const struct ring_backend_ops *rbd_io_ring_ops(void)
+{
+	return &rbd_ring_ops;
 }

@@ -16,6 +16,8 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#include "ring.h" /* struct ring_backend_ops */
+
 struct rbd_io;
 
 /* Connect as client.<client_id> (NULL = "admin") with config file conf (NULL = librados'
@@ -47,5 +49,13 @@ int rbd_io_write_same(struct rbd_io *io, uint64_t off, uint64_t len, const void 
  * -EINVAL: advertise a MAXIMUM COMPARE AND WRITE LENGTH of one 512-byte block. */
 int rbd_io_compare_and_write(struct rbd_io *io, uint64_t off, size_t len, const void *cmp,
                              const void *buf, uint64_t *mismatch);
+
+/* The command ring's backend ops over an open image (the context is a struct rbd_io *): the
+ * ring loop passes its iovecs, which point into the ring mapping, straight to librbd.  The
+ * ring module takes this table's address as an integer (tcmu_pr/ring/rbd_backend.py), so it
+ * never links librbd itself.  A function, not the variable, crosses into Python: cffi
+ * would hand out a copy of a const global, not its address. */
+extern const struct ring_backend_ops rbd_ring_ops;
+const struct ring_backend_ops *rbd_io_ring_ops(void);
 
 #endif

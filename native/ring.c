@@ -69,6 +69,11 @@ const struct ring_backend_ops ring_file_ops = {
 	.flush = file_flush,
 };
 
+const struct ring_backend_ops *tcmu_ring_file_ops(void)
+{
+	return &ring_file_ops;
+}
+
 /* ---- small helpers ----------------------------------------------------------------- */
 
 static inline struct tcmu_mailbox *mailbox(struct ring_ctx *ctx)
@@ -76,19 +81,30 @@ static inline struct tcmu_mailbox *mailbox(struct ring_ctx *ctx)
 	return (struct tcmu_mailbox *)ctx->map;
 }
 
+/*
+ * Loads of ring fields. Relaxed atomics, not plain loads: a plain load lets the compiler
+ * fetch the field again later instead of keeping the checked copy (a double fetch), and the
+ * kernel may have changed it in between. Every caller's address is naturally aligned:
+ * tcmu_ring_init requires an 8-aligned mapping and cmdr_off, entries are 8-aligned in the
+ * ring, and the fields sit at multiples of their size inside an entry.
+ */
 static inline uint32_t load_u32(const void *p)
 {
-	uint32_t v;
-	memcpy(&v, p, sizeof(v));
-	return v;
+	return __atomic_load_n((const uint32_t *)p, __ATOMIC_RELAXED);
 }
 
 static inline uint64_t load_u64(const void *p)
 {
-	uint64_t v;
-	memcpy(&v, p, sizeof(v));
-	return v;
+	return __atomic_load_n((const uint64_t *)p, __ATOMIC_RELAXED);
 }
+
+static inline uint8_t load_u8(const uint8_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+/* Keep the compiler from replacing a copy out of the ring by later reads of the ring. */
+#define ring_copy_barrier() __asm__ __volatile__("" ::: "memory")
 
 static inline uint64_t be(const uint8_t *p, int n)
 {
@@ -106,43 +122,54 @@ static inline int in_range(uint64_t off, uint64_t len, uint64_t lo, uint64_t hi)
 
 /*
  * Copy the CDB at cdb_off (an offset into the mapping) into buf. Its length comes from the
- * opcode group, as the kernel's scsi_command_size() computes it, and is measured on the
- * copy, so a concurrent change cannot make the length and the bytes disagree. Returns the
- * length, -EFAULT when it is not inside the mapping, -ENOSPC when buf is too small.
+ * opcode group, as the kernel's scsi_command_size() computes it. The opcode (and, for a
+ * variable-length CDB, byte 7) is read exactly once and written over the copy, so a
+ * concurrent change cannot make the length and the bytes disagree. Returns the length,
+ * -EFAULT when it is not inside the mapping, -ENOSPC when buf is too small.
  */
 static int read_cdb(const struct ring_ctx *ctx, uint64_t cdb_off, uint8_t *buf, uint32_t buflen)
 {
 	static const uint8_t by_group[8] = { 6, 10, 10, 12, 16, 12, 10, 10 };
-	uint8_t head[8];
+	uint8_t op, add = 0;
 	uint32_t len;
 
 	if (!in_range(cdb_off, 6, 0, ctx->map_size))
 		return -EFAULT;
-	head[0] = ctx->map[cdb_off];
-	if (head[0] == 0x7f) { /* VARIABLE LENGTH: ADDITIONAL CDB LENGTH + 8 */
+	op = load_u8(ctx->map + cdb_off);
+	if (op == 0x7f) { /* VARIABLE LENGTH: ADDITIONAL CDB LENGTH + 8 */
 		if (!in_range(cdb_off, 8, 0, ctx->map_size))
 			return -EFAULT;
-		memcpy(head, ctx->map + cdb_off, 8);
-		len = (uint32_t)head[7] + 8;
+		add = load_u8(ctx->map + cdb_off + 7);
+		len = (uint32_t)add + 8;
 	} else {
-		len = by_group[head[0] >> 5];
+		len = by_group[op >> 5];
 	}
 	if (!in_range(cdb_off, len, 0, ctx->map_size))
 		return -EFAULT;
 	if (len > buflen)
 		return -ENOSPC;
 	memcpy(buf, ctx->map + cdb_off, len);
-	memcpy(buf, head, head[0] == 0x7f ? 8 : 1); /* keep the bytes the length came from */
+	ring_copy_barrier();
+	buf[0] = op; /* the bytes the length came from, as they were read */
+	if (op == 0x7f)
+		buf[7] = add;
 	return (int)len;
 }
 
+/*
+ * With sense, the whole 96-byte buffer is written: the kernel hands all of it to LIO, and
+ * what a shorter sense leaves behind is the request the response overlays (iovec offsets,
+ * the CDB).
+ */
 static void write_rsp(struct tcmu_cmd_entry *ent, uint8_t status, const uint8_t *sense,
 		      uint32_t sense_len)
 {
 	if (sense_len > TCMU_SENSE_BUFFERSIZE)
 		sense_len = TCMU_SENSE_BUFFERSIZE;
-	if (sense && sense_len)
+	if (sense && sense_len) {
 		memcpy(ent->rsp.sense_buffer, sense, sense_len);
+		memset(ent->rsp.sense_buffer + sense_len, 0, TCMU_SENSE_BUFFERSIZE - sense_len);
+	}
 	ent->rsp.scsi_status = status;
 }
 
@@ -370,15 +397,18 @@ int tcmu_ring_init(struct ring_ctx *ctx, void *map, uint64_t map_size, int kick_
 	struct tcmu_mailbox *mb = map;
 
 	memset(ctx, 0, sizeof(*ctx));
-	if (!map || map_size < sizeof(*mb) || !ops || !block_size)
+	if (!map || map_size < sizeof(*mb) || !ops || !ops->readv || !ops->writev || !ops->flush ||
+	    !block_size || (uintptr_t)map % TCMU_OP_ALIGN_SIZE)
 		return -EINVAL;
 	if (mb->version != TCMU_MAILBOX_VERSION)
 		return RING_ERR_MAILBOX;
 	uint32_t off = mb->cmdr_off, size = mb->cmdr_size;
 	uint32_t tail = __atomic_load_n(&mb->cmd_tail, __ATOMIC_ACQUIRE);
 
-	/* entry offsets travel as u32: the whole ring must lie below 4 GiB */
-	if (off < sizeof(*mb) || size < ENTRY_MIN_LEN || size % TCMU_OP_ALIGN_SIZE ||
+	/* entry offsets travel as u32: the whole ring must lie below 4 GiB; an 8-aligned ring
+	 * keeps every entry field naturally aligned for load_u32/load_u64 */
+	if (off < sizeof(*mb) || off % TCMU_OP_ALIGN_SIZE || size < ENTRY_MIN_LEN ||
+	    size % TCMU_OP_ALIGN_SIZE ||
 	    !in_range(off, size, 0, map_size) || (uint64_t)off + size > UINT32_MAX ||
 	    tail >= size || tail % TCMU_OP_ALIGN_SIZE)
 		return RING_ERR_MAILBOX;
@@ -453,6 +483,7 @@ int tcmu_ring_process(struct ring_ctx *ctx, uint32_t *punts, uint32_t max_punts)
 			ctx->stats.cmds++;
 			if (d != DONE) {
 				punts[n] = ctx->cmdr_off + scan;
+				ctx->pending_len[n] = len;
 				ctx->pending[n++] = ctx->cmdr_off + scan;
 				ctx->n_pending = n;
 				ctx->stats.punted++;
@@ -483,22 +514,19 @@ static int pending_index(struct ring_ctx *ctx, uint32_t entry_off)
 }
 
 /*
- * Re-validate a pending entry's header (the ring may have changed since it was scanned)
- * and return its length, or a negative error.
+ * A pending entry and its length as checked when it was scanned. The header is not read
+ * again: a kernel that rewrote it meanwhile would otherwise leave the entry unanswerable,
+ * pending for ever, and the ring wedged (every later call failing with RING_ERR_PENDING).
+ * What the entry's body says (iovecs, CDB) is still re-read and re-checked on each use.
  */
 static int64_t pending_entry(struct ring_ctx *ctx, uint32_t entry_off, const uint8_t **ent)
 {
-	if (pending_index(ctx, entry_off) < 0)
-		return RING_ERR_NOT_CMD;
-	uint32_t rel = entry_off - ctx->cmdr_off;
-	uint32_t len_op = load_u32(ctx->map + entry_off);
-	uint32_t len = len_op & ~TCMU_OP_MASK;
+	int i = pending_index(ctx, entry_off);
 
-	if ((len_op & TCMU_OP_MASK) != TCMU_OP_CMD || len < ENTRY_MIN_LEN ||
-	    len > ctx->cmdr_size - rel)
-		return RING_ERR_ENTRY;
+	if (i < 0)
+		return RING_ERR_NOT_CMD;
 	*ent = ctx->map + entry_off;
-	return len;
+	return ctx->pending_len[i];
 }
 
 int tcmu_ring_cdb(struct ring_ctx *ctx, uint32_t entry_off, uint8_t *buf, uint32_t buflen)
@@ -524,7 +552,9 @@ static int64_t move_data(struct ring_ctx *ctx, const uint8_t *ent, uint32_t len,
 		if (entry_iov(ctx, ent, i, &o, &l))
 			return RING_ERR_IOV;
 		if (!out && !in) { /* just measure */
-			if (l > (uint64_t)INT64_MAX - done)
+			/* iovecs may overlap: a total beyond the data area is a lie that
+			 * would make the caller allocate gigabytes */
+			if (l > ctx->map_size - ctx->data_off - done)
 				return RING_ERR_IOV;
 			done += l;
 			continue;
@@ -588,13 +618,15 @@ int64_t tcmu_ring_complete(struct ring_ctx *ctx, uint32_t entry_off, uint8_t sta
 		if ((uint64_t)copied < (uint64_t)room &&
 		    (ctx->mb_flags & TCMU_MAILBOX_FLAG_CAP_READ_LEN)) {
 			e->hdr.uflags |= TCMU_UFLAG_READ_LEN;
-			e->rsp.read_len = (uint32_t)copied;
+			e->rsp.read_len = copied > UINT32_MAX ? UINT32_MAX : (uint32_t)copied;
 		}
 	}
 	write_rsp(e, status, sense, sense_len);
 done:;
 	int i = pending_index(ctx, entry_off);
 
-	ctx->pending[i] = ctx->pending[--ctx->n_pending];
+	ctx->n_pending--;
+	ctx->pending[i] = ctx->pending[ctx->n_pending];
+	ctx->pending_len[i] = ctx->pending_len[ctx->n_pending];
 	return copied;
 }

@@ -87,6 +87,8 @@ struct ring_file_backend {
 };
 
 extern const struct ring_backend_ops ring_file_ops;
+/* &ring_file_ops for Python: cffi hands out a copy of a const global, not its address. */
+const struct ring_backend_ops *tcmu_ring_file_ops(void);
 
 /* ---- the loop ---------------------------------------------------------------------- */
 
@@ -132,11 +134,13 @@ struct ring_ctx {
 	uint32_t verdict;
 	uint32_t scan;      /* next entry to look at (ring offset); cmd_tail lags until commit */
 	uint32_t n_pending; /* punted entries not yet completed */
-	uint32_t pending[RING_MAX_PUNTS];
+	uint32_t pending[RING_MAX_PUNTS];     /* their mapping offsets */
+	uint32_t pending_len[RING_MAX_PUNTS]; /* their lengths, as checked when scanned */
 	struct ring_stats stats;
 };
 
-/* Validate the mailbox and fill ctx. 0 or a RING_ERR_* / -errno. */
+/* Validate the mailbox and fill ctx. 0 or a RING_ERR_* / -errno. map and the mailbox's
+ * cmdr_off must be 8-aligned (ring fields are loaded atomically), ops complete. */
 int tcmu_ring_init(struct ring_ctx *ctx, void *map, uint64_t map_size, int kick_fd,
 		   const struct ring_backend_ops *ops, void *backend, uint64_t dev_size,
 		   uint32_t block_size);

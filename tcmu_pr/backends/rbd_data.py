@@ -15,7 +15,8 @@ from typing import Any
 from tcmu_pr.backends.base import StoreError
 
 
-def _native() -> Any:
+def native_module() -> Any:
+    """``tcmu_pr._rbd_io``, or StoreError(ENOENT) naming how to build it."""
     try:
         from tcmu_pr import _rbd_io  # type: ignore[attr-defined]
     except ImportError as err:
@@ -39,7 +40,7 @@ class RbdImage:
     def __init__(
         self, pool: str, image: str, *, conf: str | None = None, client_id: str | None = None
     ) -> None:
-        self._mod = _native()
+        self._mod = native_module()
         ffi, lib = self._mod.ffi, self._mod.lib
         conf = conf if conf is not None else os.environ.get("CEPH_CONF")
         client_id = client_id or os.environ.get("CEPH_ID") or "admin"
@@ -53,12 +54,26 @@ class RbdImage:
         )
         _check(rc, f"opening rbd image {pool}/{image}")
         self._io = out[0]
+        self._pins = 0
         self.name = f"{pool}/{image}"
 
     def _live(self) -> Any:
         if self._io is None:
             raise StoreError(errno.EBADF, f"rbd image {self.name} is closed")
         return self._io
+
+    def pin(self) -> int:
+        """The native handle (a ``struct rbd_io *``) as an integer, for C code that keeps it
+        (the ring loop's backend ops); :meth:`close` refuses until :meth:`unpin`, so that C
+        code can never call into a freed handle."""
+        handle = int(self._mod.ffi.cast("uintptr_t", self._live()))
+        self._pins += 1
+        return handle
+
+    def unpin(self) -> None:
+        if self._pins <= 0:
+            raise RuntimeError(f"rbd image {self.name} is not pinned")
+        self._pins -= 1
 
     @property
     def size(self) -> int:
@@ -127,7 +142,11 @@ class RbdImage:
         return None
 
     def close(self) -> None:
+        """Close the image; StoreError(EBUSY) while a ring loop still uses it (close that
+        first)."""
         if self._io is not None:
+            if self._pins:
+                raise StoreError(errno.EBUSY, f"rbd image {self.name} is in use by a ring loop")
             self._mod.lib.rbd_io_close(self._io)
             self._io = None
 

@@ -1,12 +1,41 @@
-"""The C ring loop (native/ring.c, built by cffi as ``tcmu_pr._ring_native``) as a RingLoop."""
+"""The C ring loop (native/ring.c, built by cffi as ``tcmu_pr._ring_native``) as a RingLoop.
+
+The loop reaches the data through a ``struct ring_backend_ops`` table: its own file table
+for a file descriptor, or a table another native module defines (the RBD one lives in
+``tcmu_pr._rbd_io``, see :mod:`tcmu_pr.ring.rbd_backend`). Such a table crosses from one
+cffi module to the other as an address (:class:`NativeOps`), so this module never links
+librbd and file-only hosts need no Ceph libraries.
+"""
 
 from __future__ import annotations
 
+import errno
 import mmap
+from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 from tcmu_pr.ring.loop import MAX_PUNTS, RingError
+
+
+@dataclass(frozen=True, slots=True)
+class NativeOps:
+    """A backend as the C loop sees it: addresses valid until :meth:`NativeBackend.detach`."""
+
+    ops: int  # address of a const struct ring_backend_ops
+    context: int  # the void *backend its functions get
+    ops_size: int  # sizeof(struct ring_backend_ops) where the table was compiled
+
+
+class NativeBackend(Protocol):
+    """Data behind a NativeRing other than a plain file descriptor."""
+
+    def attach(self) -> NativeOps:
+        """The table and context; both must stay valid until :meth:`detach`."""
+        ...
+
+    def detach(self) -> None: ...
+
 
 _STATS = ("cmds", "fast", "punted", "conflicts", "bad", "tmrs", "pads", "kicks")
 
@@ -23,17 +52,19 @@ def load(module: ModuleType | None = None) -> ModuleType:
 
 
 class NativeRing:
-    """A device ring served by the C loop; the file at ``backend_fd`` holds the data.
+    """A device ring served by the C loop.
 
     ``mm`` is the whole mapping (mailbox, command ring, data area); ``kick_fd`` is what the
     kernel is told about completions through (the uio fd itself, or the simulator's pipe).
+    ``backend`` holds the data: a file descriptor, or a :class:`NativeBackend` such as
+    ``RbdRingBackend(image)``, which the ring attaches now and detaches in :meth:`close`.
     """
 
     def __init__(
         self,
         mm: mmap.mmap,
         kick_fd: int,
-        backend_fd: int,
+        backend: int | NativeBackend,
         dev_size: int,
         block_size: int,
         *,
@@ -42,19 +73,35 @@ class NativeRing:
         mod = load(module)
         self._ffi: Any = mod.ffi
         self._lib: Any = mod.lib
+        self._buf: Any = None
+        self._native: NativeBackend | None = None
+        if isinstance(backend, int):
+            self._backend = self._ffi.new("struct ring_file_backend *")
+            self._backend.fd = backend
+            ops = self._lib.tcmu_ring_file_ops()
+        else:
+            ops, self._backend = self._attach(backend)
         self._buf = self._ffi.from_buffer(mm)
-        self._backend = self._ffi.new("struct ring_file_backend *")
-        self._backend.fd = backend_fd
         self._ctx = self._ffi.new("struct ring_ctx *")
         self._punts = self._ffi.new("uint32_t[]", MAX_PUNTS)
         self._cdb = self._ffi.new("uint8_t[]", 272)
         rc = self._lib.tcmu_ring_init(
-            self._ctx, self._buf, len(mm), kick_fd, self._ffi.addressof(self._lib.ring_file_ops),
-            self._backend, dev_size, block_size,
-        )  # fmt: skip
+            self._ctx, self._buf, len(mm), kick_fd, ops, self._backend, dev_size, block_size
+        )
         if rc:
             self.close()
             raise RingError(rc, "init")
+
+    def _attach(self, backend: NativeBackend) -> tuple[Any, Any]:
+        """Cast another module's table and context into this module's types, after checking
+        that both modules agree on the table's layout (they include the same ring.h)."""
+        native = backend.attach()
+        self._native = backend
+        if native.ops_size != self._ffi.sizeof("struct ring_backend_ops") or not native.ops:
+            self.close()
+            raise ValueError("backend ops table built against another ring.h: rebuild native/")
+        ops = self._ffi.cast("const struct ring_backend_ops *", native.ops)
+        return ops, self._ffi.cast("void *", native.context)
 
     @property
     def verdict(self) -> int:
@@ -64,7 +111,12 @@ class NativeRing:
     def verdict(self, value: int) -> None:
         self._ctx.verdict = value
 
+    def _closed(self) -> RingError:
+        return RingError(-errno.EBADF, "the ring is closed")
+
     def process(self) -> list[int]:
+        if self._buf is None:  # the mapping and the backend may be gone
+            raise self._closed()
         n = self._lib.tcmu_ring_process(self._ctx, self._punts, MAX_PUNTS)
         if n < 0:
             raise RingError(n, "process")
@@ -72,6 +124,8 @@ class NativeRing:
 
     def process_count(self) -> int:
         """process() without building a list: the benchmark's call (punts must not occur)."""
+        if self._buf is None:
+            raise self._closed()
         return self._lib.tcmu_ring_process(self._ctx, self._punts, MAX_PUNTS)
 
     def cdb(self, entry_off: int) -> bytes:
@@ -112,7 +166,11 @@ class NativeRing:
         return {name: int(getattr(st, name)) for name in _STATS}
 
     def close(self) -> None:
-        """Drop the pointer into the mapping so the mmap can be closed."""
+        """Drop the pointer into the mapping so the mmap can be closed; detach the backend
+        (after this the ring calls nothing of it, so its owner may close it)."""
         if self._buf is not None:
             self._ffi.release(self._buf)
             self._buf = None
+        if self._native is not None:
+            self._native.detach()
+            self._native = None

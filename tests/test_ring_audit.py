@@ -1,0 +1,223 @@
+"""Regression tests for what the audit of native/ring.c found (docs/ring.md, "Audit").
+
+Native loop only: each case is a defect of the C code or a guard it gained. The last test
+builds native/fuzz_ring.c with its own mutation driver under ASan/UBSan and runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ring_support import BLOCK, close_device, make_device, rw10
+
+from tcmu_pr.ring import layout as L
+from tcmu_pr.ring.loop import ERR_IOV, ERR_MAILBOX, RingError
+from tcmu_pr.ring.native import NativeOps, NativeRing, load
+from tcmu_pr.ring.simulator import RingSimulator, encode_cmd_entry
+
+ROOT = Path(__file__).resolve().parents[1]
+INQUIRY = bytes([0x12, 0, 0, 0, 96, 0])
+
+
+@pytest.fixture
+def dev(tmp_path):
+    d = make_device("native", tmp_path, cmdr_size=8192, data_size=64 * 1024)
+    yield d
+    close_device(d)
+
+
+def _raw(dev, cdb: bytes, iovs: list[tuple[int, int]]) -> int:
+    """Queue a CMD entry with exactly these iovecs (no data-area bookkeeping)."""
+    sim = dev.sim
+    body = max(L.REQ_IOV + L.IOVEC_SIZE * len(iovs), L.ENTRY_SIZE)
+    length = L.align(body + len(cdb))
+    at = sim._reserve(length)  # the simulator's own PAD logic
+    ent = sim.cmdr_off + at
+    raw = encode_cmd_entry(0x77, ent + body, iovs, length)
+    raw += bytes(length - len(raw))
+    raw[body : body + len(cdb)] = cdb
+    return sim.queue_raw(bytes(raw), length)
+
+
+def test_sense_is_zero_filled_behind_a_fixed_format_sense(dev):
+    """The response overlays the request: an 18-byte sense used to leave iovec offsets and
+    lengths in bytes 18..95, which the kernel hands to LIO with the sense."""
+    dev.sim.queue(rw10(False, 1 << 30, 4), data_in=4 * BLOCK, split=[BLOCK] * 4)
+    (done,) = dev.sim.reap() if dev.ring.process() == [] else ()
+    assert done.status == 2 and done.sense[12] == 0x21
+    assert done.sense[18:] == bytes(96 - 18)
+
+    dev.sim.queue(INQUIRY, data_in=4 * BLOCK, split=[BLOCK] * 4)
+    (p,) = dev.ring.process()
+    dev.ring.complete(p, 2, bytes([0x70, 0, 5, 0, 0, 0, 0, 10]) + bytes(4) + b"\x24", None)
+    dev.ring.commit()
+    (done,) = dev.sim.reap()
+    assert done.sense[:13] == bytes([0x70, 0, 5, 0, 0, 0, 0, 10]) + bytes(4) + b"\x24"
+    assert done.sense[13:] == bytes(96 - 13)
+
+
+def test_overlapping_iovecs_cannot_inflate_the_data_out_length(dev):
+    """Each iovec may lie in the data area and still overlap the others: 200 of them over the
+    whole area used to measure 200 x 64 KiB and make Python allocate that much."""
+    sim = dev.sim
+    area = sim.map_size - sim.data_off
+    _raw(dev, INQUIRY, [(sim.data_off, area)] * 200)
+    (p,) = dev.ring.process()
+    with pytest.raises(RingError) as err:
+        dev.ring.data_out(p)
+    assert err.value.code == ERR_IOV
+    assert dev.ring.complete(p, 0, None, None) == 0  # it can still be answered
+    dev.ring.commit()
+    assert sim.tail == sim.head
+
+
+def test_header_rewritten_after_a_punt_does_not_wedge_the_ring(dev):
+    """complete() used to re-read and re-check the entry header; a rewritten header left the
+    entry pending for ever and every later call failed with RING_ERR_PENDING."""
+    sim = dev.sim
+    sim.queue(INQUIRY, data_in=96)
+    (p,) = dev.ring.process()
+    original = bytes(sim.mm[p : p + 4])
+    sim.mm[p : p + 4] = struct.pack("<I", 0xFFFFFFF8 | L.OP_TMR)
+    assert dev.ring.cdb(p) == INQUIRY
+    assert dev.ring.complete(p, 0, None, b"\x01" * 96) == 96
+    dev.ring.commit()
+    sim.mm[p : p + 4] = original  # let the simulated kernel walk its ring again
+    (done,) = sim.reap()
+    assert (done.status, done.data) == (0, b"\x01" * 96)
+    sim.queue(rw10(False, 0, 1), data_in=BLOCK)
+    assert dev.ring.process() == [] and sim.reap()[0].status == 0
+
+
+def test_misaligned_ring_or_mapping_is_refused(tmp_path):
+    """Every ring field is loaded once, atomically, which needs natural alignment: a
+    cmdr_off or a mapping that is not 8-aligned is refused at init."""
+    fd = os.open(tmp_path / "d", os.O_RDWR | os.O_CREAT, 0o600)
+    sim = RingSimulator(cmdr_size=4096, data_size=4096)
+    try:
+        L.U32.pack_into(sim.mm, L.MB_CMDR_OFF, sim.cmdr_off + 4)
+        with pytest.raises(RingError) as err:
+            NativeRing(sim.mm, sim.kick_fd, fd, 4096, BLOCK)
+        assert err.value.code == ERR_MAILBOX
+        L.U32.pack_into(sim.mm, L.MB_CMDR_OFF, sim.cmdr_off)
+        shifted = bytearray(len(sim.mm) + 1)
+        shifted[1:] = sim.mm[:]
+        with pytest.raises(RingError) as err:
+            NativeRing(memoryview(shifted)[1:], sim.kick_fd, fd, 4096, BLOCK)
+        assert err.value.code == -22  # -EINVAL
+        NativeRing(sim.mm, sim.kick_fd, fd, 4096, BLOCK).close()  # the control: accepted
+    finally:
+        sim.close()
+        os.close(fd)
+
+
+class _Table:
+    """A NativeBackend whose ops table is all NULL (or claims another layout)."""
+
+    def __init__(self, size_delta: int = 0) -> None:
+        mod = load()
+        self.table = mod.ffi.new("struct ring_backend_ops *")
+        self.size = mod.ffi.sizeof("struct ring_backend_ops") + size_delta
+        self.attached = False
+
+    def attach(self) -> NativeOps:
+        self.attached = True
+        return NativeOps(int(load().ffi.cast("uintptr_t", self.table)), 0, self.size)
+
+    def detach(self) -> None:
+        self.attached = False
+
+
+def test_foreign_backend_tables_are_checked():
+    sim = RingSimulator(cmdr_size=4096, data_size=4096)
+    try:
+        nulls = _Table()
+        with pytest.raises(RingError) as err:  # NULL function pointers: never called
+            NativeRing(sim.mm, sim.kick_fd, nulls, 4096, BLOCK)
+        assert err.value.code == -22 and not nulls.attached
+        other = _Table(size_delta=8)
+        with pytest.raises(ValueError, match="rebuild"):
+            NativeRing(sim.mm, sim.kick_fd, other, 4096, BLOCK)
+        assert not other.attached
+    finally:
+        sim.close()
+
+
+def test_closed_ring_refuses_to_run(dev):
+    dev.ring.close()
+    with pytest.raises(RingError):
+        dev.ring.process()
+    with pytest.raises(RingError):
+        dev.ring.process_count()
+
+
+# -- the fuzz harness, driven by its own mutator under ASan/UBSan -------------------------
+
+
+def _seed(cdbs: list[tuple[bytes, int]], *, verdict: int = 3) -> bytes:
+    """One fuzz input (layout in native/fuzz_ring.c): good entries with 256-byte iovecs."""
+    cmdr, data = 4096, 8192
+    data_off = L.MAILBOX_SIZE + cmdr
+    ring = bytearray(cmdr + data)
+    at = 0
+    for i, (cdb, n_iov) in enumerate(cdbs):
+        iovs = [(data_off + 1024 * i + 256 * k, 256) for k in range(n_iov)]
+        body = max(L.REQ_IOV + L.IOVEC_SIZE * n_iov, L.ENTRY_SIZE)
+        size = L.align(body + len(cdb))
+        ent = encode_cmd_entry(i + 1, L.MAILBOX_SIZE + at + body, iovs, size)
+        ring[at : at + len(ent)] = ent
+        ring[at + body : at + body + len(cdb)] = cdb
+        at += size
+    head = bytes([0]) + struct.pack(">HH", cmdr - 64, data)
+    tail = bytes([L.FLAG_CAP_READ_LEN]) + struct.pack(">HH", at, 64) + bytes([verdict])
+    script = bytes([1, 0, 20, 0x77]) + struct.pack(">H", 300) + bytes([18, 2]) * 8
+    return head + bytes(ring) + tail + script
+
+
+def _libasan() -> str | None:
+    if not shutil.which("gcc"):
+        return None
+    out = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True)
+    path = out.stdout.strip()
+    return path if os.path.isabs(path) and os.path.exists(path) else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_libasan() is None, reason="needs gcc with libasan")
+def test_fuzz_harness_under_asan_and_ubsan(tmp_path):
+    exe = tmp_path / "fuzz_ring"
+    subprocess.run(
+        ["gcc", "-std=gnu11", "-O1", "-g", "-fsanitize=address,undefined",
+         "-fno-sanitize-recover=all", "-DRING_FUZZ_MAIN", f"-I{ROOT / 'native'}",
+         str(ROOT / "native" / "fuzz_ring.c"), str(ROOT / "native" / "ring.c"), "-o", str(exe)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    rw16 = struct.pack(">BBQIBB", 0x88, 0, 0, 1, 0, 0)
+    variable = bytes([0x7F]) + bytes(6) + bytes([24]) + bytes(24)
+    pr_out = bytes([0x5F, 1]) + bytes(8)
+    seeds = {
+        "mix": _seed([(rw10(False, 1, 1), 2), (rw10(True, 3, 1, flags=8), 2), (INQUIRY, 1),
+                      (rw16, 2)]),
+        "var": _seed([(variable, 1), (pr_out, 1), (bytes([8, 0, 0, 1, 1, 0]), 2)]),
+        "conflict": _seed([(rw10(True, 3, 1), 2), (rw10(False, 3, 1), 2)], verdict=1),
+    }
+    files = []
+    for name, data in seeds.items():
+        (tmp_path / name).write_bytes(data)
+        files.append(str(tmp_path / name))
+    env = dict(os.environ, RING_FUZZ_ITER="30000", RING_FUZZ_SEED="1",
+               ASAN_OPTIONS="detect_leaks=1:abort_on_error=1")  # fmt: skip
+    proc = subprocess.run([str(exe), *files], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip() == f"fuzzed {len(files)} seeds x 30000", proc.stdout
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
