@@ -57,6 +57,7 @@ class PyRing:
             or off < L.MAILBOX_SIZE
             or size < L.ENTRY_SIZE
             or size % L.ALIGN
+            or off % 8  # as the C loop: entries are read with aligned loads
             or off + size > min(len(mm), 0xFFFFFFFF)  # entry offsets travel as u32
             or tail >= size
             or tail % L.ALIGN
@@ -74,7 +75,10 @@ class PyRing:
         self._num_blocks = dev_size // block_size
         self.verdict = VERDICT_READ | VERDICT_WRITE
         self._scan = tail
-        self._pending: list[int] = []
+        #: punted entries still owed an answer -> the length seen when they were scanned
+        #: (a header rewritten after the scan must not change what we act on)
+        self._pending: dict[int, int] = {}
+        self._closed = False
         self._stats = dict.fromkeys(
             ("cmds", "fast", "punted", "conflicts", "bad", "tmrs", "pads", "kicks"), 0
         )
@@ -82,13 +86,15 @@ class PyRing:
     # -- the loop ---------------------------------------------------------------------
 
     def process(self) -> list[int]:
+        if self._closed:
+            raise RingError(-errno.EBADF, "the ring is closed")
         if self._pending:
             raise RingError(ERR_PENDING, "process")
         mm, off, size = self._mm, self._off, self._size
         head = _U32.unpack_from(mm, L.MB_CMD_HEAD)[0]
         if head >= size or head % L.ALIGN:
             raise RingError(ERR_HEAD, "process")
-        punts: list[int] = []
+        punts: dict[int, int] = {}
         err = 0
         while self._scan != head:
             scan = self._scan
@@ -107,7 +113,7 @@ class PyRing:
                 self._stats["cmds"] += 1
                 disposition = self._serve(off + scan, length)
                 if disposition:
-                    punts.append(off + scan)
+                    punts[off + scan] = length
                     self._stats["punted"] += 1
                     self._scan = (scan + length) % size
                     if disposition == 2:
@@ -118,8 +124,8 @@ class PyRing:
                 break
             self._scan = (scan + length) % size
         if punts:
-            self._pending = list(punts)
-            return punts
+            self._pending = punts
+            return list(punts)
         self.commit()
         if err:
             raise RingError(err, "process")
@@ -231,22 +237,18 @@ class PyRing:
 
     def _write_rsp(self, ent: int, status: int, sense: bytes | None) -> None:
         if sense:
-            sense = sense[: L.SENSE_BUFFERSIZE]
-            self._mm[ent + L.RSP_SENSE : ent + L.RSP_SENSE + len(sense)] = sense
+            # The response overlays the request: zero the rest so no iovec bytes leak out.
+            sense = sense[: L.SENSE_BUFFERSIZE].ljust(L.SENSE_BUFFERSIZE, b"\0")
+            self._mm[ent + L.RSP_SENSE : ent + L.RSP_SENSE + L.SENSE_BUFFERSIZE] = sense
         self._mm[ent + L.RSP_SCSI_STATUS] = status
 
     # -- punted commands ---------------------------------------------------------------
 
     def _pending_entry(self, entry_off: int) -> int:
+        """The length the entry had when scanned (checked then)."""
         if entry_off not in self._pending:
             raise RingError(ERR_NOT_CMD)
-        len_op = _U32.unpack_from(self._mm, entry_off)[0]
-        length = len_op & ~L.OP_MASK
-        if len_op & L.OP_MASK != L.OP_CMD or not L.ENTRY_SIZE <= length <= (
-            self._size - (entry_off - self._off)
-        ):
-            raise RingError(ERR_ENTRY)
-        return length
+        return self._pending[entry_off]
 
     def cdb(self, entry_off: int) -> bytes:
         self._pending_entry(entry_off)
@@ -268,7 +270,11 @@ class PyRing:
             raise RingError(ERR_IOV) from None
 
     def data_out(self, entry_off: int) -> bytes:
-        return b"".join(self._mm[b : b + n] for b, n in self._entry_iovecs(entry_off))
+        iovs = self._entry_iovecs(entry_off)
+        # Overlapping iovecs may add up to more than the data area: refuse, as the C loop does.
+        if sum(n for _, n in iovs) > self._map_size - self._data_off:
+            raise RingError(ERR_IOV)
+        return b"".join(self._mm[b : b + n] for b, n in iovs)
 
     def complete(
         self, entry_off: int, status: int, sense: bytes | None, data: bytes | None
@@ -280,7 +286,7 @@ class PyRing:
                 iovs = self._entry_iovecs(entry_off)
             except RingError:  # answered, but not with what the caller meant
                 self._fail(entry_off, INTERNAL_TARGET_FAILURE)
-                self._pending.remove(entry_off)
+                del self._pending[entry_off]
                 return 0
             room = sum(n for _, n in iovs)
             for base, n in iovs:
@@ -291,11 +297,12 @@ class PyRing:
                 self._mm[entry_off + L.HDR_UFLAGS] |= L.UFLAG_READ_LEN
                 _U32.pack_into(self._mm, entry_off + L.RSP_READ_LEN, copied)
         self._write_rsp(entry_off, status, sense)
-        self._pending.remove(entry_off)
+        del self._pending[entry_off]
         return copied
 
     def stats(self) -> dict[str, int]:
         return dict(self._stats)
 
     def close(self) -> None:
+        self._closed = True
         self._mv.release()
