@@ -1,0 +1,234 @@
+"""The pure half of tcmu_pr.layout: spec validation, the per-nexus plan, the topology rows.
+
+The configfs half needs a LIO kernel: tests/vm/test_layouts.py runs it in the VM.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tcmu_pr import layout
+from tcmu_pr.daemon import topology as daemon_topology
+from tcmu_pr.emulation.device import lu_serial
+from tcmu_pr.netlink.devconfig import DEV_CONFIG_MAX, parse_dev_config
+from tcmu_pr.nexus import Nexus
+
+sys.path.insert(0, str(Path(__file__).parent / "vm"))
+import layouts as vm_layouts
+
+GW1 = "iqn.2003-01.org.linux-iscsi.tcmu-pr:gw1"
+GW2 = "iqn.2003-01.org.linux-iscsi.tcmu-pr:gw2"
+C1 = "iqn.1994-05.org.tcmu-pr:client1"
+C2 = "iqn.1994-05.org.tcmu-pr:client2"
+
+ISCSI = {
+    "lu": "lu1",
+    "store": "file:/srv/lu1.img",
+    "fabric": "iscsi",
+    "targets": [
+        {"wwn": GW1, "portals": ["127.0.0.1:3261"]},
+        {"wwn": GW2, "portals": ["127.0.0.1:3262", "[::1]:3263"]},
+    ],
+    "initiators": [C1, C2],
+}
+LOOP = {
+    "lu": "lu0",
+    "store": "file:/srv/lu0.img",
+    "targets": [
+        {"wwn": "naa.5001405aa0000001", "initiator": "naa.5001405bb0000001"},
+        {"wwn": "naa.5001405aa0000002", "initiator": "naa.5001405bb0000002"},
+    ],
+}
+
+
+def spec_of(base: dict, **changes: object) -> layout.Spec:
+    obj = copy.deepcopy(base)
+    obj.update(changes)
+    return layout.load_spec(obj)
+
+
+def test_iscsi_plan_has_one_device_per_initiator_and_tpg() -> None:
+    plan = layout.plan(spec_of(ISCSI))
+    # 2 initiators x 3 TPGs (gw2 has two portals, so two TPGs, two target ports).
+    assert [d.name for d in plan.devices] == [
+        "lu1.p1.i1", "lu1.p1.i2", "lu1.p2.i1", "lu1.p2.i2", "lu1.p3.i1", "lu1.p3.i2",
+    ]
+    ports = [(e.port.target, e.port.tag, e.port.rtpi, e.port.portal) for e in plan.exports]
+    assert ports[::2] == [
+        (GW1, 1, 1, ("127.0.0.1", 3261)),
+        (GW2, 1, 2, ("127.0.0.1", 3262)),
+        (GW2, 2, 3, ("::1", 3263)),
+    ]
+    assert str(plan.exports[5].nexus) == f"{C2},i,0x,{GW2},t,0x2"
+    assert {e.device for e in plan.exports} == {d.name for d in plan.devices}
+
+
+def test_devices_of_one_lu_share_identity_and_disable_lio_pr() -> None:
+    plan = layout.plan(spec_of(ISCSI))
+    assert {d.serial for d in plan.devices} == {lu_serial("file:/srv/lu1.img")}
+    for d in plan.devices:
+        assert d.attributes == {"pgr_support": "0", "alua_support": "0"}
+    runner = layout.plan(spec_of(ISCSI, backend="tcmu-runner"))
+    assert {d.config for d in runner.devices} == {"qcow//srv/lu1.img"}
+    assert runner.devices[0].attributes == {"pgr_support": "0"}
+
+
+def test_dev_config_parses_back_to_the_exported_nexus_and_rtpi() -> None:
+    plan = layout.plan(spec_of(ISCSI, pr_store="rbd:rbd/lu1"))
+    by_name = {d.name: d for d in plan.devices}
+    for ex in plan.exports:
+        cfg = parse_dev_config(by_name[ex.device].config)
+        assert cfg.store == "file:/srv/lu1.img"
+        assert cfg.pr_store == "rbd:rbd/lu1"
+        assert cfg.nexus == ex.nexus
+        assert cfg.rtpi == ex.port.rtpi
+    assert plan.devices[0].config.startswith("tcmu-pr/file//srv/lu1.img;pr_store=rbd/rbd/lu1;")
+
+
+def test_long_nexus_is_left_to_the_topology_file() -> None:
+    long_init = "iqn.1994-05.org.example:" + "x" * 200
+    plan = layout.plan(spec_of(ISCSI, initiators=[long_init]))
+    for d in plan.devices:
+        assert len(d.config) <= DEV_CONFIG_MAX
+        cfg = parse_dev_config(d.config)
+        assert cfg.nexus is None and cfg.rtpi is not None
+    rows = layout.topology_entries(plan, {d.name: f"user_{i}" for i, d in
+                                          enumerate(plan.devices)})
+    assert Nexus.parse(rows["user_0/lu1.p1.i1"]["nexus"]).initiator == long_init
+
+
+def test_loopback_nexus_has_isid_zero_and_ports_are_numbered() -> None:
+    plan = layout.plan(spec_of(LOOP))
+    assert [str(e.nexus) for e in plan.exports] == [
+        "naa.5001405bb0000001,i,0x0,naa.5001405aa0000001,t,0x1",
+        "naa.5001405bb0000002,i,0x0,naa.5001405aa0000002,t,0x1",
+    ]
+    assert [e.port.rtpi for e in plan.exports] == [1, 2]
+
+
+def test_shared_lio_backend_is_one_device_for_every_path() -> None:
+    plan = layout.plan(spec_of(LOOP, backend="fileio"))
+    assert [(d.name, d.kind, d.config) for d in plan.devices] == [("lu0", "fileio",
+                                                                   "/srv/lu0.img")]
+    assert {e.device for e in plan.exports} == {"lu0"}
+    assert layout.topology_entries(plan, {"lu0": "fileio_0"}) == {}
+
+
+def test_topology_rows_are_what_the_daemon_reads() -> None:
+    spec = spec_of(ISCSI, identity="lu1-wwn")
+    plan = layout.plan(spec)
+    hba_of = {d.name: f"user_{i + 4}" for i, d in enumerate(plan.devices)}
+    doc = {"devices": layout.topology_entries(plan, hba_of)}
+    entries = daemon_topology.parse(json.dumps(doc))
+    assert len(entries) == 6
+    first = entries["user_4/lu1.p1.i1"]
+    assert first.nexus == Nexus(C1, "", GW1, "1")
+    assert (first.rtpi, first.store, first.identity) == (1, "file:/srv/lu1.img", "lu1-wwn")
+    cfg = parse_dev_config(plan.devices[0].config)
+    placed = daemon_topology.place("user_4/lu1.p1.i1", cfg.store, cfg.pr_store, cfg.nexus,
+                                   cfg.rtpi, entries)
+    assert placed.nexus == first.nexus and placed.identity == "lu1-wwn"
+
+
+def test_merge_topology_replaces_only_this_lu() -> None:
+    old = {"devices": {"user_0/a": {"lu": "lu0", "nexus": "x"},
+                       "user_1/b": {"lu": "lu1", "nexus": "y"},
+                       "user_2/c": {"lu": "lu1", "nexus": "z"}},
+           "comment": "kept"}
+    new = layout.merge_topology(old, "lu1", {"user_3/d": {"lu": "lu1"}})
+    assert new == {"devices": {"user_0/a": {"lu": "lu0", "nexus": "x"},
+                               "user_3/d": {"lu": "lu1"}}, "comment": "kept"}
+    assert layout.merge_topology(old, "lu1", {})["devices"] == {"user_0/a": old["devices"]
+                                                               ["user_0/a"]}
+    assert old["devices"]["user_1/b"] == {"lu": "lu1", "nexus": "y"}  # input untouched
+
+
+def test_write_topology_is_atomic_and_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "etc" / "topology.json"
+    assert layout.read_topology(str(path)) == {"devices": {}}
+    doc = {"devices": {"user_0/lu0.p1.i1": {"lu": "lu0", "rtpi": 1}}}
+    layout.write_topology(str(path), doc)
+    assert layout.read_topology(str(path)) == doc
+    assert [p.name for p in path.parent.iterdir()] == ["topology.json"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"lu": "-bad"}, "lu '-bad'"),
+        ({"lu": "a/b"}, "lu 'a/b'"),
+        ({"backend": "nbd"}, "backend 'nbd'"),
+        ({"fabric": "fc"}, "fabric 'fc'"),
+        ({"store": "file:relative"}, "absolute"),
+        ({"store": "rbd:rbd/x", "backend": "tcmu-runner"}, "needs a file: store"),
+        ({"size": -1}, "size"),
+        ({"size": True}, "size"),
+        ({"lun": 300}, "lun"),
+        ({"initiators": []}, "initiators"),
+        ({"initiators": [C1, C1]}, "distinct"),
+        ({"initiators": ["bad name"]}, "cannot form a nexus"),
+        ({"targets": []}, "targets"),
+        ({"targets": [{"wwn": GW1}]}, "portals"),
+        ({"targets": [{"wwn": GW1, "portals": ["127.0.0.1"]}]}, "IP:PORT"),
+        ({"targets": [{"wwn": GW1, "portals": ["h:1"]}, {"wwn": GW1, "portals": ["h:2"]}]},
+         "listed twice"),
+        ({"attributes": {"Bad-Name": 1}}, "attributes"),
+        ({"colour": "blue"}, "unknown spec key"),
+    ],
+)
+def test_bad_specs_name_the_field(changes: dict, message: str) -> None:
+    with pytest.raises(layout.LayoutError, match=message):
+        spec_of(ISCSI, **changes)
+
+
+def test_loopback_spec_rules() -> None:
+    with pytest.raises(layout.LayoutError, match="initiator"):
+        spec_of(LOOP, targets=[{"wwn": "naa.5001405aa0000001"}])
+    with pytest.raises(layout.LayoutError, match="not 'initiators'"):
+        spec_of(LOOP, initiators=[C1])
+    with pytest.raises(layout.LayoutError, match="needs a size"):
+        spec_of(LOOP, backend="ramdisk")
+
+
+def test_store_size_from_file(tmp_path: Path) -> None:
+    img = tmp_path / "lu.img"
+    img.write_bytes(b"\0" * 8192)
+    assert layout.store_size(spec_of(LOOP, store=f"file:{img}")) == 8192
+    assert layout.store_size(spec_of(LOOP, store=f"file:{img}", size=4096)) == 4096
+    with pytest.raises(layout.LayoutError, match="No such file"):
+        layout.store_size(spec_of(LOOP, store=f"file:{tmp_path}/missing.img"))
+
+
+def test_cli_rejects_a_bad_spec_without_touching_lio(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from tcmu_pr.cli import main
+
+    bad = tmp_path / "spec.json"
+    bad.write_text('{"lu": "lu0"}')
+    assert main(["layout", "apply", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tcmu-pr: error: ") and "store" in err and err.count("\n") == 1
+    bad.write_text("{not json")
+    assert main(["layout", "destroy", str(bad)]) == 2
+
+
+def test_vm_layout_names_and_export_parsing() -> None:
+    assert vm_layouts.command("none") == ""
+    assert vm_layouts.command("loopback-mpath:lio-ramdisk-pr") == (
+        "/mnt/repo/examples/targetcli/loopback-mpath --backend lio-ramdisk-pr")
+    with pytest.raises(ValueError, match="unknown layout"):
+        vm_layouts.command("fc-4gw")
+    text = ("noise\nexport TCMU_PR_PATHS='/dev/sda /dev/sdb'\n"
+            "export TCMU_PR_NEXUS_1='a,i,0x,b,t,0x1'\nexport TCMU_PR_MPATH=/dev/mapper/mpatha\n")
+    assert vm_layouts.parse_exports(text) == {
+        "TCMU_PR_PATHS": "/dev/sda /dev/sdb",
+        "TCMU_PR_NEXUS_1": "a,i,0x,b,t,0x1",
+        "TCMU_PR_MPATH": "/dev/mapper/mpatha",
+    }
+    with pytest.raises(ValueError):
+        vm_layouts.parse_exports("export A=1 B=2\n")

@@ -1,0 +1,96 @@
+"""Glue between the host-side rig (vmrig.VM) and the layout scripts in examples/targetcli.
+
+A layout is named ``SCRIPT[:BACKEND]`` (``loopback-mpath:lio-ramdisk-pr``, ``iscsi-2gw``);
+``none`` is no layout at all.  :func:`setup` runs the script inside the VM with the checkout
+on PYTHONPATH (the native ring module built on the host loads in the guest: both are
+Debian 12 / CPython 3.11) and returns the ``TCMU_PR_*`` variables it exported.
+:data:`RESET` puts the VM back to "no LIO objects, no daemons we started", so tests sharing
+one booted VM do not see each other's leftovers.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Protocol
+
+GUEST_REPO = "/mnt/repo"
+#: How every guest job runs our code: straight from the 9p checkout.
+#: The host venv's site-packages come too: the guest's Debian pyroute2 (0.7) is older than the
+#: one the project is written against, and both sides are CPython 3.11, so the venv's
+#: packages (pure Python or abi3/cp311 builds) load in the guest unchanged.
+GUEST_ENV = {
+    "PYTHONPATH": f"{GUEST_REPO}:{GUEST_REPO}/.venv/lib/python3.11/site-packages",
+    "TCMU_PR": "python3 -m tcmu_pr",
+}
+SCRIPTS = {
+    "loopback-mpath": "examples/targetcli/loopback-mpath",
+    "iscsi-2gw": "examples/targetcli/iscsi-2gw",
+}
+
+#: Tear down whatever a layout left: iSCSI sessions, multipath maps, all LIO config, and the
+#: daemons the layout scripts started (by the pids they recorded).
+RESET = r"""
+iscsiadm -m node -u >/dev/null 2>&1 || true
+for dm in $(dmsetup ls --target multipath 2>/dev/null | awk '{print $1}'); do
+    dmsetup remove "$dm" 2>/dev/null || true
+done
+python3 -c 'import rtslib_fb; rtslib_fb.RTSRoot().clear_existing(confirm=True)' || true
+for pidfile in /run/tcmu-pr/daemon.pid /run/tcmu-pr/tcmu-runner.pid; do
+    [[ -s $pidfile ]] && kill "$(cat "$pidfile")" 2>/dev/null
+    rm -f "$pidfile"
+done
+rm -f /etc/tcmu-pr/topology.json
+true
+"""
+
+
+class Runner(Protocol):
+    def run(self, script: str, *, env: dict[str, str] | None = None,
+            timeout: float = 600.0) -> tuple[int, str]: ...
+
+
+class LayoutError(RuntimeError):
+    """A layout script failed in the VM; carries its output."""
+
+
+def command(layout: str) -> str:
+    """The guest shell command that sets ``layout`` up ('' for ``none``)."""
+    name, _, backend = layout.partition(":")
+    if name == "none":
+        return ""
+    if name not in SCRIPTS:
+        raise ValueError(f"unknown layout {name!r}: one of none, {', '.join(SCRIPTS)}")
+    args = [f"{GUEST_REPO}/{SCRIPTS[name]}"]
+    if backend:
+        args += ["--backend", backend]
+    return shlex.join(args)
+
+
+def parse_exports(text: str) -> dict[str, str]:
+    """The ``export VAR=value`` lines of a layout script's stdout (shell-quoted values)."""
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.startswith("export "):
+            continue
+        words = shlex.split(line[len("export "):])
+        if len(words) != 1 or "=" not in words[0]:
+            raise ValueError(f"not an export line: {line!r}")
+        key, _, value = words[0].partition("=")
+        env[key] = value
+    return env
+
+
+def setup(vm: Runner, layout: str, *, timeout: float = 600.0) -> dict[str, str]:
+    """Reset the VM, set ``layout`` up, and return its exported variables (+ GUEST_ENV)."""
+    cmd = command(layout)
+    rc, out = vm.run(RESET, timeout=120)
+    if rc != 0:
+        raise LayoutError(f"reset failed ({rc}):\n{out}")
+    if not cmd:
+        return dict(GUEST_ENV)
+    # stdout (the exports) goes to a file; progress on stderr stays in the job's output.
+    rc, out = vm.run(f"{cmd} >/tmp/layout.env && echo ---- && cat /tmp/layout.env",
+                     env=GUEST_ENV, timeout=timeout)
+    if rc != 0:
+        raise LayoutError(f"layout {layout} failed ({rc}):\n{out}")
+    return {**GUEST_ENV, **parse_exports(out.split("----\n", 1)[-1])}
