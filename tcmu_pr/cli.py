@@ -27,7 +27,10 @@ Run = Callable[[argparse.Namespace], int]
 Configure = Callable[[argparse.ArgumentParser], None]
 
 #: Modules whose import registers more subcommands (append yours).
-COMMAND_MODULES: list[str] = ["tcmu_pr.demo", "tcmu_pr.bench_store", "tcmu_pr.bench_ring"]
+COMMAND_MODULES: list[str] = [
+    "tcmu_pr.demo", "tcmu_pr.bench_store", "tcmu_pr.bench_ring", "tcmu_pr.layout",
+    "tcmu_pr.daemon.main",
+]
 
 
 class UsageError(Exception):
@@ -237,13 +240,7 @@ def _pr_exec(args: argparse.Namespace) -> int:
         raise UsageError("--cdb is empty")
     slot = _open_store(args.store)
     try:
-        if args.store.startswith("rbd:"):
-            # A fencing command on RBD is GOOD only once every gateway confirmed it.
-            from tcmu_pr.backends.rbd import apply_confirmed
-
-            outcome = apply_confirmed(slot, args.nexus, args.cdb, args.data, rtpi=args.rtpi)
-        else:
-            outcome = apply(slot, args.nexus, args.cdb, args.data, rtpi=args.rtpi)
+        outcome = apply(slot, args.nexus, args.cdb, args.data, rtpi=args.rtpi)
     finally:
         slot.close()
     result = {

@@ -109,7 +109,10 @@ def test_manager_refusal_errno_reaches_the_kernel(served, manager, image):
     assert service.device(4) is None
     manager.refuse = None
     assert peer.add_device(4, f"tcmu-pr/file:{image}") == 0
-    assert peer.add_device(4, f"tcmu-pr/file:{image}") == -errno.EEXIST
+    # The same device again (adopted at start, its ADDED_DEVICE still queued): served, 0.
+    assert peer.add_device(4, f"tcmu-pr/file:{image}") == 0
+    assert len(manager.calls) == 1
+    assert peer.add_device(4, f"tcmu-pr/file:{image}", name="other") == -errno.EEXIST
     manager.refuse = OSError(errno.EOPNOTSUPP, "cannot grow")
     assert peer.reconfig(4, {Attr.DEV_SIZE: 1}) == -errno.EOPNOTSUPP
     assert peer.reconfig(4, {Attr.WRITECACHE: 2}) == -errno.EINVAL

@@ -258,6 +258,11 @@ class Device:
         except RingError as err:
             self.failed = err
             log.error("device %s: ring unusable, no longer served: %s", self.name, err)
+        except OSError as err:
+            # EIO: the kernel unregistered the uio device under us (backstore gone without a
+            # REMOVED_DEVICE for us, e.g. another daemon answered it): nothing left to serve.
+            self.failed = err
+            log.error("device %s: its uio device failed, no longer served: %s", self.name, err)
         except Exception as err:  # a bug: stop this device, keep the daemon
             self.failed = err
             log.exception("device %s: ring thread failed", self.name)

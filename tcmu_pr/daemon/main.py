@@ -7,6 +7,13 @@ SIGTERM/SIGINT set one stop event: the netlink loop returns within its poll inte
 device finishes its current batch (all punted commands answered) and closes, then the
 slots, the watcher and D-Bus stop, and the process exits 0.
 
+Start-up order: join TCM-USER's group and send SET_FEATURES; answer whatever the kernel
+already queued; adopt the TCMU devices that existed before we joined (adopt.py: the kernel
+announces a device once, so one enabled while no daemon listened is otherwise never
+served); once SET_FEATURES is acknowledged, signal readiness (``--ready-file``, systemd's
+NOTIFY_SOCKET; notify.py).  On the way out SET_FEATURES(reply=0) again, so that a backstore
+enabled while no daemon runs does not block in the kernel waiting for a reply.
+
 Logs go to stderr; under systemd (JOURNAL_STREAM set) without a timestamp, since the
 journal stamps every line itself.
 """
@@ -14,6 +21,7 @@ journal stamps every line itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -25,6 +33,8 @@ from types import FrameType
 
 from tcmu_pr.cli import UsageError, command
 from tcmu_pr.daemon import config as config_mod
+from tcmu_pr.daemon import notify
+from tcmu_pr.daemon.adopt import Existing
 from tcmu_pr.daemon.config import DaemonConfig
 from tcmu_pr.daemon.devices import DeviceManager, SlotOpener
 from tcmu_pr.daemon.rings import RingSource
@@ -32,6 +42,15 @@ from tcmu_pr.daemon.rings import RingSource
 log = logging.getLogger("tcmu_pr.daemon")
 
 NETLINK_POLL = 0.2  # seconds: how fast the main loop notices the stop event
+
+#: What the adoption scan returns: our existing devices, and lines about unreadable ones.
+Scanner = Callable[[], tuple[list[Existing], list[str]]]
+
+
+def _scan_kernel() -> tuple[list[Existing], list[str]]:
+    from tcmu_pr.daemon.adopt import scan
+
+    return scan()
 
 
 def setup_logging(level: str) -> None:
@@ -56,7 +75,11 @@ class Daemon:
         transport: object | None = None,
         ring_source: RingSource | None = None,
         open_slot: SlotOpener | None = None,
+        scan_existing: Scanner | None = None,
+        ready_file: Path | None = None,
     ) -> None:
+        """``scan_existing``: devices to adopt at start; default: the kernel's (sysfs and
+        configfs) with the kernel transport, none with a test transport."""
         self.cfg = cfg
         kwargs = {"open_slot": open_slot} if open_slot else {}
         self.manager = DeviceManager(cfg, ring_source=ring_source, **kwargs)
@@ -66,17 +89,29 @@ class Daemon:
         self.service = None
         self.dbus = None
         self._watcher: threading.Thread | None = None
+        if scan_existing is None and transport is None:
+            scan_existing = _scan_kernel
+        self._scan_existing = scan_existing
+        self.ready_file = ready_file
+        self._features_seq: int | None = None
+        self.ready = threading.Event()
+        self.failure: str | None = None  # why serve() gave up (exit status 1)
 
     def start(self) -> None:
-        """Bind netlink (FamilyNotFound propagates), start the watcher and D-Bus."""
+        """Bind netlink (FamilyNotFound propagates), adopt devices, start watcher and D-Bus."""
         from tcmu_pr.netlink.service import NetlinkService
 
         kwargs = {"open_slot": self._open_slot} if self._open_slot else {}
         if self._transport is None:
             self.service = NetlinkService.connect(self.manager, **kwargs)
+            self._features_seq = self.service.last_announce
         else:
             self.service = NetlinkService(self._transport, self.manager, **kwargs)
-            self.service.announce()
+            self._features_seq = self.service.announce()
+        while self.service.handle_one(timeout=0):
+            pass  # what the kernel queued since we joined: fewer devices look unannounced
+        if self._scan_existing is not None:
+            self._adopt(self._scan_existing)
         self._watcher = threading.Thread(target=self._watch, name="store-watcher", daemon=True)
         self._watcher.start()
         if self.cfg.dbus:
@@ -86,11 +121,51 @@ class Daemon:
             if dbus.start():
                 self.dbus = dbus
 
-    def serve(self) -> None:
-        """The netlink loop, until the stop event is set."""
+    def _adopt(self, scan: Scanner) -> None:
         assert self.service is not None
-        log.info("tcmu-pr daemon ready")
-        self.service.serve_forever(self.stop_event, NETLINK_POLL)
+        found, problems = scan()
+        for line in problems:
+            log.warning("existing TCMU device not adopted: %s", line)
+        for dev in found:
+            if self.service.device(dev.device_id) is None:
+                self.service.adopt(
+                    dev.device_id, dev.minor, dev.uio_name, pending=not dev.configured
+                )
+
+    def serve(self) -> None:
+        """The netlink loop, until the stop event is set; signals readiness on the way."""
+        service = self.service
+        assert service is not None
+        while not self.stop_event.is_set():
+            if not self.ready.is_set() and self._features_seq is not None:
+                self._check_features(self._features_seq)
+            service.handle_one(timeout=NETLINK_POLL)
+
+    def _check_features(self, seq: int) -> None:
+        assert self.service is not None
+        if seq in self.service.acked:
+            self._signal_ready()
+        elif seq in self.service.refused:
+            code = self.service.refused[seq]
+            self.failure = f"the kernel refused SET_FEATURES: {os.strerror(code)}"
+            log.error("%s (CAP_NET_ADMIN?)", self.failure)
+            self.stop_event.set()
+
+    def _signal_ready(self) -> None:
+        if self.ready_file is not None:
+            try:
+                notify.write_ready_file(self.ready_file)
+            except OSError as err:  # whoever waits for it would wait forever: say so, stop
+                self.failure = f"cannot write the ready file: {err}"
+                log.error("%s", self.failure)
+                self.stop_event.set()
+                return
+        try:
+            notify.sd_notify("READY=1")
+        except OSError as err:
+            log.warning("cannot notify systemd (NOTIFY_SOCKET): %s", err)
+        self.ready.set()
+        log.info("tcmu-pr daemon ready: %d device(s) served", len(self.manager.devices))
 
     def _watch(self) -> None:
         interval = self.cfg.store_poll_ms / 1000
@@ -102,7 +177,16 @@ class Daemon:
 
     def close(self) -> None:
         self.stop_event.set()
+        if self.ready.is_set():
+            with contextlib.suppress(OSError):
+                notify.sd_notify("STOPPING=1")
+            if self.ready_file is not None:
+                notify.remove_ready_file(self.ready_file)
         if self.service is not None:
+            seq = self._features_seq
+            if seq is not None and seq not in self.service.refused:
+                with contextlib.suppress(OSError):
+                    self.service.announce(reply=False)
             self.service.close()  # closes every device (ring threads joined) and its slot
         self.manager.close()
         if self._watcher is not None:
@@ -120,11 +204,18 @@ class Daemon:
         signal.signal(signal.SIGINT, on_signal)
 
 
-def run(cfg: DaemonConfig, *, make: Callable[[DaemonConfig], Daemon] = Daemon) -> int:
+def run(
+    cfg: DaemonConfig,
+    *,
+    make: Callable[[DaemonConfig], Daemon] = Daemon,
+    ready_file: Path | None = None,
+) -> int:
     """Run until SIGTERM/SIGINT; exit status (1 when TCM-USER cannot be bound)."""
     from tcmu_pr.netlink.socket import FamilyNotFound
 
     daemon = make(cfg)
+    if ready_file is not None:
+        daemon.ready_file = ready_file
     daemon.install_signals()
     try:
         try:
@@ -138,7 +229,7 @@ def run(cfg: DaemonConfig, *, make: Callable[[DaemonConfig], Daemon] = Daemon) -
         daemon.serve()
     finally:
         daemon.close()
-    return 0
+    return 1 if daemon.failure else 0
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -151,6 +242,13 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", choices=config_mod.LOG_LEVELS, help="overrides the file")
     p.add_argument("--topology", type=Path, metavar="FILE", help="overrides the file")
     p.add_argument("--no-dbus", action="store_true", help="no org.kernel.TCMUService1")
+    p.add_argument(
+        "--ready-file",
+        type=Path,
+        metavar="PATH",
+        help="write the pid here once devices can be created (removed at exit); "
+        "NOTIFY_SOCKET (systemd Type=notify) gets READY=1 at the same point",
+    )
 
 
 @command("daemon", help="serve TCMU devices (netlink, rings, PR) until SIGTERM",
@@ -172,4 +270,4 @@ def _daemon(args: argparse.Namespace) -> int:
 
         cfg = replace(cfg, **overrides)  # type: ignore[arg-type]
     setup_logging(cfg.log_level)
-    return run(cfg)
+    return run(cfg, ready_file=args.ready_file.absolute() if args.ready_file else None)

@@ -8,6 +8,11 @@ commands inserted after RECONFIG_DEVICE) would break every existing daemon.
 Bytes are decoded here, once, into a plain :class:`Message`; handlers never see raw NLAs.
 Decoding is strict where the kernel's policy is loose, because a daemon that guesses at a
 half-valid message can reply for the wrong device.
+
+Encoding and decoding are plain ``struct`` work: importing pyroute2 costs seconds under the
+test VM's emulated CPU (its package imports every netlink family it knows), which delayed
+the daemon's readiness.  pyroute2 stays the independent peer the tests check us against
+(:data:`TcmuMsg`, built on first use).
 """
 
 from __future__ import annotations
@@ -18,8 +23,6 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from types import MappingProxyType
 from typing import NamedTuple
-
-from pyroute2.netlink import NLM_F_REQUEST, genlmsg
 
 FAMILY_NAME = "TCM-USER"
 FAMILY_VERSION = 2
@@ -35,6 +38,7 @@ NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 GENL_HDR = struct.Struct("=BBH")  # cmd, version, reserved
 NLA_HDR = struct.Struct("=HH")  # len, type
 NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED / NLA_F_NET_BYTEORDER
+NLM_F_REQUEST = 0x1
 
 
 class Cmd(IntEnum):
@@ -110,11 +114,28 @@ def nla_name(attr: Attr) -> str:
     return f"TCMU_ATTR_{attr.name}"
 
 
-class TcmuMsg(genlmsg):
-    """pyroute2 message class for the family, its nla_map generated from ATTRIBUTES."""
+def __getattr__(name: str) -> object:
+    """``TcmuMsg``: pyroute2's message class for the family, nla_map from ATTRIBUTES.
 
-    __slots__ = ()
-    nla_map = tuple((spec.attr.value, nla_name(spec.attr), spec.nla_type) for spec in ATTRIBUTES)
+    Built on first access only, so the daemon never imports pyroute2 (tests do).
+    """
+    if name != "TcmuMsg":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from pyroute2.netlink import genlmsg
+
+    cls = type(
+        "TcmuMsg",
+        (genlmsg,),
+        {
+            "__slots__": (),
+            "__doc__": "pyroute2 message class for TCM-USER (tests' independent peer).",
+            "nla_map": tuple(
+                (spec.attr.value, nla_name(spec.attr), spec.nla_type) for spec in ATTRIBUTES
+            ),
+        },
+    )
+    globals()["TcmuMsg"] = cls
+    return cls
 
 
 Value = int | str
@@ -183,17 +204,25 @@ class Control:
 
 
 def encode(msg: Message, *, family_id: int) -> bytes:
-    """Wire bytes of ``msg`` (nlmsghdr + genlmsghdr + NLAs), built by pyroute2."""
-    out = TcmuMsg()
-    out["cmd"] = msg.cmd
-    out["version"] = msg.version
-    out["attrs"] = [[nla_name(attr), value] for attr, value in msg.attrs.items()]
-    out["header"]["type"] = family_id
-    out["header"]["flags"] = msg.flags or NLM_F_REQUEST
-    out["header"]["sequence_number"] = msg.seq
-    out["header"]["pid"] = msg.port_id
-    out.encode()
-    return bytes(out.data)
+    """Wire bytes of ``msg``: nlmsghdr + genlmsghdr + NLAs, each padded to 4 bytes."""
+    body = bytearray(GENL_HDR.pack(msg.cmd, msg.version, 0))
+    for attr, value in msg.attrs.items():
+        payload = _payload(_SPEC[Attr(attr)], value)
+        body += NLA_HDR.pack(NLA_HDR.size + len(payload), attr) + payload
+        body += bytes(-len(body) % 4)
+    flags = msg.flags or NLM_F_REQUEST
+    header = NLMSG_HDR.pack(NLMSG_HDR.size + len(body), family_id, flags, msg.seq, msg.port_id)
+    return header + bytes(body)
+
+
+def _payload(spec: AttrSpec, value: Value) -> bytes:
+    if spec.fmt is None:
+        if not isinstance(value, str) or "\0" in value:
+            raise ValueError(f"{nla_name(spec.attr)} must be text without NUL, not {value!r}")
+        return value.encode("utf-8") + b"\0"
+    if not isinstance(value, int):
+        raise ValueError(f"{nla_name(spec.attr)} must be an integer, not {value!r}")
+    return struct.pack(spec.fmt, value) if spec.fmt else b""
 
 
 def split(datagram: bytes) -> list[bytes]:
@@ -242,23 +271,24 @@ def decode(data: bytes, *, family_id: int) -> Message | Control:
     device_id = _salvage_device_id(raw)
     if problem is not None:
         raise MessageError(problem, cmd=cmd, device_id=device_id, seq=seq, port_id=pid, code=code)
-    parsed = TcmuMsg(data)
-    parsed.decode()
     attrs: dict[Attr, Value] = {}
-    for attr in raw:
+    for attr, payload in raw.items():
         spec = _SPEC[attr]
         if attr in (Attr.UNSPEC, Attr.PAD):
             continue
-        value = parsed.get_attr(nla_name(attr))
-        if spec.fmt is None and not isinstance(value, str):
+        if spec.fmt is not None:
+            attrs[attr] = struct.unpack(spec.fmt, payload)[0]
+            continue
+        try:
+            attrs[attr] = payload[:-1].decode("utf-8")
+        except UnicodeDecodeError:
             raise MessageError(
                 f"{nla_name(attr)} is not UTF-8 text",
                 cmd=cmd,
                 device_id=device_id,
                 seq=seq,
                 port_id=pid,
-            )
-        attrs[attr] = value
+            ) from None
     return Message(cmd, MappingProxyType(attrs), seq=seq, port_id=pid, version=version, flags=flags)
 
 

@@ -116,6 +116,9 @@ class NetlinkService:
         self._owns_transport = False
         self._devices: dict[int, _Device] = {}
         self._seq = 0
+        self.acked: set[int] = set()
+        self.last_announce: int | None = None  # seq of the SET_FEATURES connect() sent
+        self.refused: dict[int, int] = {}  # seq -> errno
         self._handlers: dict[Cmd, Callable[[int, Message], tuple[int, dict]]] = {
             Cmd.ADDED_DEVICE: self._added,
             Cmd.REMOVED_DEVICE: self._removed,
@@ -133,22 +136,30 @@ class NetlinkService:
 
         service = cls(KernelTransport(), devices, open_slot=open_slot)
         service._owns_transport = True
-        service.announce()
+        service.last_announce = service.announce()
         return service
 
     # ------------------------------------------------------------------ loop
 
-    def announce(self) -> None:
-        """SET_FEATURES(SUPP_KERN_CMD_REPLY=1): from now on the kernel waits for *_DONE."""
+    def announce(self, reply: bool = True) -> int:
+        """SET_FEATURES(SUPP_KERN_CMD_REPLY): whether the kernel waits for our *_DONE.
+
+        The kernel applies it while we send (genetlink runs the command in our context);
+        the ack that follows only confirms it, or says EPERM.  Returns the message's seq:
+        :attr:`acked` holds the seqs the kernel acknowledged, :attr:`refused` the others.
+        The setting is global and outlives us, so the daemon turns it off when it stops:
+        otherwise a backstore enabled while no daemon runs blocks until one answers.
+        """
         self._seq = (self._seq + 1) % SEQ_MOD
         msg = Message.make(
             Cmd.SET_FEATURES,
-            {Attr.SUPP_KERN_CMD_REPLY: 1},
+            {Attr.SUPP_KERN_CMD_REPLY: int(reply)},
             seq=self._seq,
             port_id=self.transport.port_id,
             flags=0x1 | 0x4,  # NLM_F_REQUEST | NLM_F_ACK: the kernel confirms (or EPERM)
         )
         self.transport.send(encode(msg, family_id=self.transport.family_id))
+        return self._seq
 
     def serve_forever(self, stop: threading.Event, poll_interval: float = 0.2) -> None:
         """Handle commands until ``stop`` is set (checked every ``poll_interval`` s)."""
@@ -227,9 +238,11 @@ class NetlinkService:
     def _note_control(self, msg: Control) -> None:
         if msg.type == NLMSG_ERROR and msg.error == 0:
             log.debug("kernel acknowledged seq %d", msg.seq)
+            self.acked.add(msg.seq)
         elif msg.type == NLMSG_ERROR:
             name = errno.errorcode.get(-(msg.error or 0), str(msg.error))
             log.error("kernel refused our message seq %d: %s", msg.seq, name)
+            self.refused[msg.seq] = -(msg.error or 0)
         else:
             log.debug("ignored netlink message type %d", msg.type)
 
@@ -279,24 +292,46 @@ class NetlinkService:
         dev = self._devices.get(device_id)
         return dev.info if dev else None
 
+    def adopt(self, device_id: int, minor: int, uio_name: str, *, pending: bool) -> int:
+        """Serve a device that existed before we joined, as if its ADDED_DEVICE had come.
+
+        ``pending``: the kernel still waits for that ADDED_DEVICE's reply (its configfs
+        ``enable`` reads 0), so send it the ADDED_DEVICE_DONE it waits for.  Returns the
+        status (0 or -errno).
+        """
+        status = self._add(device_id, uio_name, minor)
+        if status == 0:
+            log.info("adopted existing device %d: %s (uio%d)", device_id, uio_name, minor)
+        if pending:
+            reply = self._reply(Cmd.ADDED_DEVICE_DONE, device_id, status)
+            try:
+                self.transport.send(encode(reply, family_id=self.transport.family_id))
+            except OSError as exc:
+                log.error("cannot send ADDED_DEVICE_DONE for device %d: %s", device_id, exc)
+        return status
+
     def _added(self, device_id: int, msg: Message) -> tuple[int, dict]:
-        if device_id in self._devices:
-            log.error(
-                "ADDED_DEVICE %d: already serving %s",
-                device_id,
-                self._devices[device_id].info.uio_name,
-            )
-            return -errno.EEXIST, {}
         uio_name, minor = msg.get(Attr.DEVICE), msg.get(Attr.MINOR)
         if not isinstance(uio_name, str) or not isinstance(minor, int):
             log.error("ADDED_DEVICE %d: TCMU_ATTR_DEVICE or TCMU_ATTR_MINOR missing", device_id)
             return -errno.EINVAL, {}
+        return self._add(device_id, uio_name, minor), {}
+
+    def _add(self, device_id: int, uio_name: str, minor: int) -> int:
+        known = self._devices.get(device_id)
+        if known is not None and (known.info.uio_name, known.info.minor) == (uio_name, minor):
+            # Adopted at start while its ADDED_DEVICE was still queued for us: same device.
+            log.debug("ADDED_DEVICE %d: already serving %s", device_id, uio_name)
+            return 0
+        if known is not None:
+            log.error("ADDED_DEVICE %d: already serving %s", device_id, known.info.uio_name)
+            return -errno.EEXIST
         try:
             hba, name, dev_config = split_uio_name(uio_name)
             config = parse_dev_config(dev_config)
         except ConfigError as exc:
             log.error("ADDED_DEVICE %d (%s): %s", device_id, uio_name, exc)
-            return -exc.errno, {}
+            return -exc.errno
         info = DeviceInfo(device_id, minor, hba, name, config, uio_name)
         try:
             slot = self.open_slot(config.pr_store)
@@ -309,16 +344,16 @@ class NetlinkService:
                 config.pr_store,
                 exc,
             )
-            return -code, {}
+            return -code
         try:
             self.manager.open_device(info, slot)
         except Exception as exc:
             slot.close()
             log.error("ADDED_DEVICE %d (%s): device refused: %s", device_id, uio_name, exc)
-            return -_errno_of(exc), {}
+            return -_errno_of(exc)
         self._devices[device_id] = _Device(info, slot)
         log.info("serving device %d: %s (uio%d)", device_id, uio_name, minor)
-        return 0, {}
+        return 0
 
     def _removed(self, device_id: int, msg: Message) -> tuple[int, dict]:
         dev = self._devices.pop(device_id, None)

@@ -1,8 +1,8 @@
 """Transports that carry TCM-USER netlink bytes: the kernel's socket, or a test socket.
 
 The service only sends and receives whole datagrams, so the transport is a three-method
-protocol.  :class:`KernelTransport` is the real thing: a pyroute2 GenericNetlinkSocket bound
-to family TCM-USER (resolved by name; ids change between boots) and joined to the ``config``
+protocol.  :class:`KernelTransport` is the real thing: a NETLINK_GENERIC socket bound to
+family TCM-USER (resolved by name; ids change between boots) and joined to the ``config``
 multicast group.  :class:`PacketTransport` carries the same bytes over any connected
 SOCK_SEQPACKET/SOCK_DGRAM socket, e.g. one end of ``socket.socketpair``, for a test peer
 that plays the kernel.
@@ -11,12 +11,24 @@ that plays the kernel.
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
+import struct
 from dataclasses import dataclass
 from typing import Protocol
 
-from tcmu_pr.netlink.family import FAMILY_NAME, MAX_MESSAGE_SIZE, MCAST_GROUP, TcmuMsg
+from tcmu_pr.netlink.family import (
+    FAMILY_NAME,
+    GENL_HDR,
+    MAX_MESSAGE_SIZE,
+    MCAST_GROUP,
+    NLA_HDR,
+    NLA_TYPE_MASK,
+    NLMSG_ERROR,
+    NLMSG_HDR,
+    split,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,36 +88,29 @@ class PacketTransport:
 
 
 class KernelTransport:
-    """The TCM-USER family through a pyroute2 GenericNetlinkSocket.
+    """The TCM-USER family on a plain NETLINK_GENERIC socket.
 
-    pyroute2 resolves the family and its multicast groups by name and joins the group; the
-    datagrams themselves go through the bound socket directly, so the sender's port id (0 for
-    the kernel) comes from the kernel's address rather than from the message.
+    The family id and the ``config`` group id are resolved by name through the generic
+    netlink controller (ids change between boots), then the socket joins the group.  Plain
+    socket code rather than pyroute2: importing pyroute2 costs seconds on a slow CPU and
+    the daemon needs three messages of it.  Datagrams are read from the socket directly,
+    so the sender's port id (0 for the kernel) comes from the kernel's address.
     """
 
-    def __init__(self, family: str = FAMILY_NAME, group: str = MCAST_GROUP) -> None:
-        from pyroute2.netlink.exceptions import NetlinkError
-        from pyroute2.netlink.generic import GenericNetlinkSocket
-
-        self._nl = GenericNetlinkSocket()
+    def __init__(
+        self, family: str = FAMILY_NAME, group: str = MCAST_GROUP, *, timeout: float = 5.0
+    ) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
         try:
-            try:
-                self._nl.bind(family, TcmuMsg)
-            except NetlinkError as exc:
-                if exc.code == errno.ENOENT:
-                    raise FamilyNotFound(
-                        f"{family} family not found: is target_core_user loaded?"
-                    ) from None
-                raise
-            if group not in self._nl.mcast_groups:
+            self.sock.bind((0, 0))
+            self.port_id: int = self.sock.getsockname()[0]
+            self.family_id, groups = _resolve_family(self.sock, family, timeout)
+            if group not in groups:
                 raise FamilyNotFound(f"{family} family has no multicast group {group!r}")
-            self._nl.add_membership(group)
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, groups[group])
         except BaseException:
-            self._nl.close()
+            self.sock.close()
             raise
-        self.family_id: int = self._nl.prid
-        self.sock: socket.socket = self._nl.asyncore.socket
-        self.port_id: int = self.sock.getsockname()[0]
 
     def send(self, data: bytes) -> None:
         self.sock.sendto(data, (0, 0))
@@ -114,4 +119,65 @@ class KernelTransport:
         return _recv(self.sock, timeout)
 
     def close(self) -> None:
-        self._nl.close()
+        self.sock.close()
+
+
+NETLINK_GENERIC = 16
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+GENL_ID_CTRL = 0x10
+CTRL_CMD_NEWFAMILY, CTRL_CMD_GETFAMILY = 1, 3
+CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME, CTRL_ATTR_MCAST_GROUPS = 1, 2, 7
+CTRL_ATTR_MCAST_GRP_NAME, CTRL_ATTR_MCAST_GRP_ID = 1, 2
+
+
+def _resolve_family(sock: socket.socket, name: str, timeout: float) -> tuple[int, dict[str, int]]:
+    """(family id, {group name: group id}) from the controller's CTRL_CMD_GETFAMILY reply."""
+    seq = 1
+    text = name.encode() + b"\0"
+    nla = NLA_HDR.pack(NLA_HDR.size + len(text), CTRL_ATTR_FAMILY_NAME) + text
+    body = GENL_HDR.pack(CTRL_CMD_GETFAMILY, 1, 0) + nla + bytes(-len(nla) % 4)
+    header = NLMSG_HDR.pack(NLMSG_HDR.size + len(body), GENL_ID_CTRL, 1, seq, 0)
+    sock.sendto(header + body, (0, 0))
+    while True:
+        datagram = _recv(sock, timeout)
+        if datagram is None:
+            raise OSError(errno.ETIMEDOUT, f"no answer from the netlink controller for {name}")
+        for chunk in split(datagram.data):
+            if len(chunk) < NLMSG_HDR.size:
+                continue
+            _, mtype, _, mseq, _ = NLMSG_HDR.unpack_from(chunk)
+            if mseq != seq:
+                continue  # e.g. a multicast that raced in
+            if mtype == NLMSG_ERROR:
+                code = -struct.unpack_from("=i", chunk, NLMSG_HDR.size)[0]
+                if code == errno.ENOENT:
+                    raise FamilyNotFound(f"{name} family not found: is target_core_user loaded?")
+                raise OSError(code, f"resolving the {name} family: {os.strerror(code)}")
+            if mtype == GENL_ID_CTRL:
+                return _parse_family(chunk, name)
+
+
+def _parse_family(chunk: bytes, name: str) -> tuple[int, dict[str, int]]:
+    attrs = dict(_nlas(chunk, NLMSG_HDR.size + GENL_HDR.size))
+    if CTRL_ATTR_FAMILY_ID not in attrs:
+        raise OSError(errno.EPROTO, f"controller reply for {name} without a family id")
+    groups = {}
+    for _, nested in _nlas(attrs.get(CTRL_ATTR_MCAST_GROUPS, b""), 0):
+        group = dict(_nlas(nested, 0))
+        if CTRL_ATTR_MCAST_GRP_NAME in group and CTRL_ATTR_MCAST_GRP_ID in group:
+            gname = group[CTRL_ATTR_MCAST_GRP_NAME].rstrip(b"\0").decode(errors="replace")
+            groups[gname] = struct.unpack_from("=I", group[CTRL_ATTR_MCAST_GRP_ID])[0]
+    return struct.unpack_from("=H", attrs[CTRL_ATTR_FAMILY_ID])[0], groups
+
+
+def _nlas(data: bytes, offset: int) -> list[tuple[int, bytes]]:
+    """(type, payload) of each attribute from ``offset``; stops at a malformed one."""
+    out = []
+    while len(data) - offset >= NLA_HDR.size:
+        length, kind = NLA_HDR.unpack_from(data, offset)
+        if length < NLA_HDR.size or offset + length > len(data):
+            break
+        out.append((kind & NLA_TYPE_MASK, data[offset + NLA_HDR.size : offset + length]))
+        offset += (length + 3) & ~3
+    return out
