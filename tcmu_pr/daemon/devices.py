@@ -31,7 +31,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tcmu_pr import engine, scsi
 from tcmu_pr.apply import ApplyError, apply, apply_update
@@ -49,6 +49,10 @@ from tcmu_pr.nexus import Nexus
 from tcmu_pr.ring.handler import PRHooks, Reply, RingHandler
 from tcmu_pr.ring.loop import RingError, RingLoop
 from tcmu_pr.state import PRState, UnitAttention
+
+if TYPE_CHECKING:  # librbd is loaded only for LUs that live on RBD
+    from tcmu_pr.backends.rbd_data import RbdImage
+    from tcmu_pr.ring.rbd_backend import RbdRingBackend
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,23 @@ class _GuardedRing:
         self._republish = republish
         self.batch = threading.Lock()
         self._held = False
+        # The C serve loop (NativeRing.run), when the ring has one: RingHandler.run uses it.
+        if hasattr(ring, "run"):
+            self.run = self._run
+
+    def _run(self, wait_fd: int, event_size: int, timeout_ms: int) -> list[int]:
+        """The ring's own serve loop; punted entries start a batch, as process() does.
+        While C serves, the batch lock is free: wait_idle() covers that part."""
+        entries = self.ring.run(wait_fd, event_size, timeout_ms)  # type: ignore[attr-defined]
+        if entries:
+            self.batch.acquire()
+            self._held = True
+        return entries
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait for commands the C serve loop is answering right now (none: True)."""
+        wait = getattr(self.ring, "wait_idle", None)
+        return True if wait is None else wait(timeout)
 
     @property
     def verdict(self) -> int:
@@ -193,21 +214,28 @@ class Device:
             write_cache=p.write_cache,
             rtpi=p.placement.rtpi,
         )
-        path = _data_path(p.config)
-        # Write-through promised (WCE=0): the fast path's writes must be durable at GOOD.
-        flags = os.O_RDWR | os.O_CLOEXEC | (0 if p.write_cache else os.O_DSYNC)
-        fd = os.open(path, flags)
+        fd = -1
+        if isinstance(self.data, FileDataBackend):
+            # Write-through promised (WCE=0): the fast path's writes must be durable at GOOD.
+            flags = os.O_RDWR | os.O_CLOEXEC | (0 if p.write_cache else os.O_DSYNC)
+            fd = os.open(_data_path(p.config), flags)
+            ring_backend: int | RbdRingBackend = fd
+        else:  # librbd acknowledges a write once the OSDs have it
+            from tcmu_pr.ring.rbd_backend import RbdRingBackend
+
+            ring_backend = RbdRingBackend(self.data)
         try:
             ring = make_ring(
                 self.cfg.ring,
                 self.endpoint.mm,
                 self.endpoint.kick_fd,
-                fd,
+                ring_backend,
                 emu.num_lbas * emu.block_size,
                 emu.block_size,
             )
         except BaseException:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
             raise
         self._ring_fd = fd
         self._guard = _GuardedRing(ring, lambda: self.lu.republish(self))
@@ -251,10 +279,7 @@ class Device:
         handler, guard = self._handler, self._guard
         assert handler is not None and guard is not None
         try:
-            handler.serve()  # whatever the kernel queued before we started
-            while not self._stop.is_set():
-                if handler.wait(self.cfg.ring_poll_ms / 1000):
-                    handler.serve()
+            handler.run(self._stop.is_set, self.cfg.ring_poll_ms / 1000)
         except RingError as err:
             self.failed = err
             log.error("device %s: ring unusable, no longer served: %s", self.name, err)
@@ -280,10 +305,12 @@ class Device:
     def wait_batch(self, timeout: float) -> bool:
         """Wait until the batch this device's thread runs (if any) is over."""
         guard = self._guard
-        if guard is None or not guard.batch.acquire(timeout=timeout):
-            return guard is None
+        if guard is None:
+            return True
+        if not guard.batch.acquire(timeout=timeout):
+            return False
         guard.batch.release()
-        return True
+        return guard.wait_idle(timeout)
 
     # -- PR hooks (called on this device's ring thread) ----------------------------------
 
@@ -348,14 +375,18 @@ class Device:
 
 
 def _data_path(config: DevConfig) -> str:
+    return config.store.partition(":")[2]
+
+
+def _open_data(config: DevConfig) -> FileDataBackend | RbdImage:
+    """The LU's data, by store type: a file, or an RBD image through librbd."""
     scheme, _, where = config.store.partition(":")
-    if scheme != "file":
-        raise DeviceError(
-            errno.EOPNOTSUPP,
-            f"store {config.store}: only file: data stores are served by the ring loop "
-            "(an RBD image can hold the PR slot: pr_store=rbd:POOL/IMAGE)",
-        )
-    return where
+    if scheme == "file":
+        return FileDataBackend(where)
+    from tcmu_pr.backends.rbd_data import RbdImage
+
+    pool, _, image = where.partition("/")
+    return RbdImage(pool, image)
 
 
 class DeviceManager:
@@ -380,8 +411,7 @@ class DeviceManager:
     def open_device(self, info: DeviceInfo, slot: PRSlot) -> None:
         """Serve ``info``'s ring; ``slot`` is the service's (for GET/SET_PR_INFO), not ours."""
         placement = self._place(info, info.config)
-        path = _data_path(info.config)
-        data = FileDataBackend(path)
+        data = _open_data(info.config)
         cleanup: list[Callable[[], Any]] = [data.close]
         try:
             size = data.size - data.size % self.cfg.block_size

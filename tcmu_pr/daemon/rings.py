@@ -9,16 +9,20 @@ lets the whole daemon run against tcmu_pr.ring.simulator without a kernel.
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tcmu_pr.netlink.devconfig import DeviceInfo
 from tcmu_pr.ring import uio
-from tcmu_pr.ring.loop import RingLoop
+from tcmu_pr.ring.loop import RingError, RingLoop
+
+if TYPE_CHECKING:
+    from tcmu_pr.ring.rbd_backend import RbdRingBackend
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +65,14 @@ class UioRingSource:
 
 
 def make_ring(
-    kind: str, mm: mmap.mmap, kick_fd: int, backend_fd: int, size: int, block_size: int
+    kind: str, mm: mmap.mmap, kick_fd: int, backend: int | RbdRingBackend, size: int,
+    block_size: int,
 ) -> RingLoop:
-    """The ring loop of ``kind`` ("native", "python", "auto": native when it is built)."""
+    """The ring loop of ``kind`` ("native", "python", "auto": native when it is built).
+
+    ``backend`` is a file descriptor, or an RBD image's ring backend, which only the native
+    loop can drive.
+    """
     if kind in ("native", "auto"):
         try:
             from tcmu_pr.ring.native import NativeRing, load
@@ -74,7 +83,9 @@ def make_ring(
                 raise
             log.warning("native ring loop not built: serving rings in Python (slower)")
         else:
-            return NativeRing(mm, kick_fd, backend_fd, size, block_size)
+            return NativeRing(mm, kick_fd, backend, size, block_size)
+    if not isinstance(backend, int):
+        raise RingError(-errno.EOPNOTSUPP, "RBD data needs the native ring loop (not built)")
     from tcmu_pr.ring.pyloop import PyRing
 
-    return PyRing(mm, kick_fd, backend_fd, size, block_size)
+    return PyRing(mm, kick_fd, backend, size, block_size)
