@@ -37,7 +37,8 @@ struct ring_stats {
 };
 struct ring_ctx {
     uint32_t cmdr_off; uint32_t cmdr_size; uint64_t data_off; uint16_t mb_flags;
-    uint32_t verdict; uint32_t scan; uint32_t n_pending; struct ring_stats stats; ...;
+    uint32_t verdict; uint32_t scan; uint32_t n_pending; struct ring_stats stats;
+    uint32_t busy; ...;
 };
 
 int tcmu_ring_init(struct ring_ctx *ctx, void *map, uint64_t map_size, int kick_fd,
@@ -52,6 +53,8 @@ int64_t tcmu_ring_complete(struct ring_ctx *ctx, uint32_t entry_off, uint8_t sta
                            const uint8_t *sense, uint32_t sense_len, const uint8_t *data,
                            uint64_t data_len);
 int tcmu_ring_commit(struct ring_ctx *ctx);
+int tcmu_ring_run(struct ring_ctx *ctx, int wait_fd, uint32_t event_size, int timeout_ms,
+                  uint32_t *punts, uint32_t max_punts);
 """
 
 CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]

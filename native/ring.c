@@ -12,7 +12,10 @@
 #include "ring.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Offsets the kernel uses (include/uapi/linux/target_core_user.h, 6.x). */
@@ -629,4 +632,82 @@ done:;
 	ctx->pending[i] = ctx->pending[ctx->n_pending];
 	ctx->pending_len[i] = ctx->pending_len[ctx->n_pending];
 	return copied;
+}
+
+/* ---- the serve loop ---------------------------------------------------------------- */
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	/* coarse: a vDSO read of the tick's time, never a clock device (the deadline is only
+	 * there so the caller sees its stop flag; a few ms late is fine) */
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Take one pending event: 1 taken, 0 none pending (EAGAIN/EINTR), or -errno. */
+static int take_event(int fd, uint32_t event_size)
+{
+	uint64_t event; /* the count itself is not needed: cmd_head says what is queued */
+	ssize_t got = read(fd, &event, event_size);
+
+	if (got > 0)
+		return 1;
+	if (got == 0)
+		return -EPIPE; /* end of file: nothing will ever wake us again */
+	if (errno == EAGAIN || errno == EINTR)
+		return 0;
+	return -errno; /* uio: EIO once the device is unregistered */
+}
+
+/*
+ * Why in C: at queue depth 16 a batch is a handful of 4 KiB commands, and the Python round
+ * trip around each one (poll, read the event, call in, commit, kick) cost more than the
+ * I/O. Here the GIL is released for the whole call (cffi drops it) and Python runs only
+ * for punted commands and once per timeout. With a non-blocking wait fd, a busy ring costs
+ * one read() per batch: the event that arrived while the batch ran is taken without a
+ * poll(); poll() only runs when nothing is pending.
+ */
+int tcmu_ring_run(struct ring_ctx *ctx, int wait_fd, uint32_t event_size, int timeout_ms,
+		  uint32_t *punts, uint32_t max_punts)
+{
+	int64_t deadline;
+	int nonblock, flags;
+
+	if (wait_fd < 0 || timeout_ms < 0 || (event_size != 4 && event_size != 8))
+		return -EINVAL;
+	flags = fcntl(wait_fd, F_GETFL);
+	if (flags < 0)
+		return -errno;
+	nonblock = !!(flags & O_NONBLOCK);
+	deadline = now_ms() + timeout_ms;
+	for (;;) {
+		__atomic_add_fetch(&ctx->busy, 1, __ATOMIC_ACQ_REL); /* odd: serving */
+		int n = tcmu_ring_process(ctx, punts, max_punts);
+
+		__atomic_add_fetch(&ctx->busy, 1, __ATOMIC_ACQ_REL); /* even: done */
+		if (n)
+			return n;
+		int64_t left = deadline - now_ms();
+
+		if (left <= 0)
+			return 0;
+		int r = nonblock ? take_event(wait_fd, event_size) : 0;
+
+		if (r < 0)
+			return r;
+		if (r > 0)
+			continue; /* more was queued meanwhile: no need to sleep */
+		struct pollfd pfd = { .fd = wait_fd, .events = POLLIN };
+
+		r = poll(&pfd, 1, left > INT32_MAX ? INT32_MAX : (int)left);
+		if (r < 0)
+			return errno == EINTR ? 0 : -errno;
+		if (r == 0)
+			return 0;
+		r = take_event(wait_fd, event_size);
+		if (r < 0)
+			return r;
+	}
 }

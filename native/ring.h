@@ -137,6 +137,9 @@ struct ring_ctx {
 	uint32_t pending[RING_MAX_PUNTS];     /* their mapping offsets */
 	uint32_t pending_len[RING_MAX_PUNTS]; /* their lengths, as checked when scanned */
 	struct ring_stats stats;
+	/* Odd while tcmu_ring_run is serving commands, even while it waits or has returned:
+	 * another thread (PREEMPT AND ABORT) waits for an odd value to change. */
+	uint32_t busy;
 };
 
 /* Validate the mailbox and fill ctx. 0 or a RING_ERR_* / -errno. map and the mailbox's
@@ -174,5 +177,17 @@ int64_t tcmu_ring_complete(struct ring_ctx *ctx, uint32_t entry_off, uint8_t sta
 
 /* Publish cmd_tail up to the scan point and kick the kernel; 0 or RING_ERR_PENDING. */
 int tcmu_ring_commit(struct ring_ctx *ctx);
+
+/*
+ * The whole serve loop without Python: process what is queued, then poll wait_fd, read one
+ * event (event_size bytes: 4 for uio, 8 for an eventfd) and process again, kicking the
+ * kernel after every batch, until punted commands are pending (returns their count, as
+ * tcmu_ring_process), timeout_ms has passed since the call (returns 0, even while busy, so
+ * the caller sees its stop flag), a signal interrupts the wait (0), or an error
+ * (RING_ERR_* from the ring, -errno from poll/read: -EIO once the uio device is gone,
+ * -EPIPE at end of file).
+ */
+int tcmu_ring_run(struct ring_ctx *ctx, int wait_fd, uint32_t event_size, int timeout_ms,
+		  uint32_t *punts, uint32_t max_punts);
 
 #endif

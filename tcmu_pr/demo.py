@@ -123,6 +123,12 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dir", type=Path, help="keep the image and its PR sidecar here (default: a temp dir)"
     )
+    p.add_argument(
+        "--engine-only",
+        action="store_true",
+        help="what this command always runs: the engine and file store, no kernel "
+        "(scripts/demo runs the real thing: two daemons on LIO, or in the test VM)",
+    )
 
 
 @command("demo", help="a scripted two-gateway PR scenario on a file store", configure=_configure)

@@ -64,7 +64,8 @@ CHILD = textwrap.dedent(
             L.U32.pack_into(sim.mm, where - where % 4, val & 0xFFFFFFFF)
         for _ in range(4):
             try:
-                punts = ring.process()
+                punts = (ring.process() if rnd.random() < 0.5
+                         else ring.run(sim.notify_fd, sim.event_size, rnd.choice((0, 1))))
             except RingError:
                 errors += 1
                 break

@@ -42,6 +42,10 @@ class DaemonConfig:
     store_poll_ms: int = 100
     #: [daemon] ring_poll_ms: longest a device thread sleeps before checking for shutdown.
     ring_poll_ms: int = 200
+    #: [daemon] devices: globs selecting the TCMU devices this daemon serves (backstore
+    #: name or user_<hba>/<name>); empty: all.  Two daemons on one kernel (one per gateway)
+    #: must select disjoint devices: each stays silent about the other's (selection.py).
+    devices: tuple[str, ...] = ()
     #: [dbus] enabled: offer org.kernel.TCMUService1 (targetcli's CheckConfig).
     dbus: bool = True
     #: [dbus] address: a D-Bus address; empty means the system bus.
@@ -57,6 +61,7 @@ _KEYS: dict[str, dict[str, str]] = {
         "block_size": "block_size",
         "store_poll_ms": "store_poll_ms",
         "ring_poll_ms": "ring_poll_ms",
+        "devices": "devices",
     },
     "dbus": {"enabled": "dbus", "address": "dbus_address"},
 }
@@ -117,6 +122,10 @@ def _check(where: str, name: str, value: Any) -> Any:
         if type(value) is not int or not 10 <= value <= 10_000:
             raise ConfigError(f"{where} must be an integer from 10 to 10000")
         return value
+    if name == "devices":
+        if not isinstance(value, list) or not all(isinstance(g, str) and g for g in value):
+            raise ConfigError(f"{where} must be a list of non-empty glob strings")
+        return tuple(value)
     if name == "dbus":
         if type(value) is not bool:
             raise ConfigError(f"{where} must be true or false")

@@ -38,6 +38,7 @@ from tcmu_pr.daemon.adopt import Existing
 from tcmu_pr.daemon.config import DaemonConfig
 from tcmu_pr.daemon.devices import DeviceManager, SlotOpener
 from tcmu_pr.daemon.rings import RingSource
+from tcmu_pr.daemon.selection import DeviceSelection, SelectiveService
 
 log = logging.getLogger("tcmu_pr.daemon")
 
@@ -81,6 +82,7 @@ class Daemon:
         """``scan_existing``: devices to adopt at start; default: the kernel's (sysfs and
         configfs) with the kernel transport, none with a test transport."""
         self.cfg = cfg
+        self.selection = DeviceSelection(cfg.devices)
         kwargs = {"open_slot": open_slot} if open_slot else {}
         self.manager = DeviceManager(cfg, ring_source=ring_source, **kwargs)
         self._transport = transport
@@ -99,15 +101,14 @@ class Daemon:
 
     def start(self) -> None:
         """Bind netlink (FamilyNotFound propagates), adopt devices, start watcher and D-Bus."""
-        from tcmu_pr.netlink.service import NetlinkService
-
         kwargs = {"open_slot": self._open_slot} if self._open_slot else {}
         if self._transport is None:
-            self.service = NetlinkService.connect(self.manager, **kwargs)
+            self.service = SelectiveService.connect(self.manager, **kwargs)
             self._features_seq = self.service.last_announce
         else:
-            self.service = NetlinkService(self._transport, self.manager, **kwargs)
+            self.service = SelectiveService(self._transport, self.manager, **kwargs)
             self._features_seq = self.service.announce()
+        self.service.selection = self.selection  # before the first command is handled
         while self.service.handle_one(timeout=0):
             pass  # what the kernel queued since we joined: fewer devices look unannounced
         if self._scan_existing is not None:
@@ -127,6 +128,10 @@ class Daemon:
         for line in problems:
             log.warning("existing TCMU device not adopted: %s", line)
         for dev in found:
+            if not self.selection.selects(dev.uio_name):
+                log.info("existing TCMU device %s: not selected (devices = %s)",
+                         dev.uio_name, list(self.selection.globs))  # fmt: skip
+                continue
             if self.service.device(dev.device_id) is None:
                 self.service.adopt(
                     dev.device_id, dev.minor, dev.uio_name, pending=not dev.configured
@@ -243,6 +248,13 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topology", type=Path, metavar="FILE", help="overrides the file")
     p.add_argument("--no-dbus", action="store_true", help="no org.kernel.TCMUService1")
     p.add_argument(
+        "--devices",
+        action="append",
+        metavar="GLOB",
+        help="serve only TCMU devices whose backstore name (or user_<hba>/<name>) matches; "
+        "repeatable; overrides the file. One daemon per gateway: give each its own devices",
+    )
+    p.add_argument(
         "--ready-file",
         type=Path,
         metavar="PATH",
@@ -265,6 +277,10 @@ def _daemon(args: argparse.Namespace) -> int:
         overrides["topology"] = args.topology.absolute()
     if args.no_dbus:
         overrides["dbus"] = False
+    if args.devices:
+        if not all(args.devices):
+            raise UsageError("--devices needs a non-empty glob")
+        overrides["devices"] = tuple(args.devices)
     if overrides:
         from dataclasses import replace
 

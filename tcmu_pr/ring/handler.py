@@ -119,10 +119,25 @@ class RingHandler:
             self.ring.commit()
 
     def run(self, should_stop: Callable[[], bool], poll_interval: float = 1.0) -> None:
-        """The device thread: serve until ``should_stop()`` (checked every poll_interval)."""
+        """The device thread: serve until ``should_stop()`` (checked every poll_interval).
+
+        With a ring that has its own serve loop (``NativeRing.run``: wait, batches and kicks
+        in C) Python only answers the punted commands; otherwise it waits and runs each
+        batch itself."""
+        native = getattr(self.ring, "run", None)
+        if native is None:
+            self.serve()  # whatever was queued before we started
+            while not should_stop():
+                if self.wait(poll_interval):
+                    self.serve()
+            return
+        timeout_ms = max(1, int(poll_interval * 1000))
         while not should_stop():
-            if self.wait(poll_interval):
-                self.serve()
+            entries = native(self.wait_fd, self.event_size, timeout_ms)
+            if entries:
+                for entry in entries:
+                    self._answer(entry)
+                self.ring.commit()
 
     # -- punted commands ---------------------------------------------------------------
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import mmap
+import os
+import time
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol
@@ -127,6 +129,41 @@ class NativeRing:
         if self._buf is None:
             raise self._closed()
         return self._lib.tcmu_ring_process(self._ctx, self._punts, MAX_PUNTS)
+
+    def run(self, wait_fd: int, event_size: int, timeout_ms: int) -> list[int]:
+        """Serve in C until punted commands are pending (returned, as from :meth:`process`)
+        or ``timeout_ms`` has passed ([] then, busy or not): waiting on ``wait_fd``, reading
+        its ``event_size``-byte events (uio 4, eventfd 8) and kicking all happen in C, with
+        the GIL released.  RingError for a corrupt ring, OSError when the fd fails (EIO:
+        the uio device is gone)."""
+        if self._buf is None:
+            raise self._closed()
+        n = self._lib.tcmu_ring_run(
+            self._ctx, wait_fd, event_size, timeout_ms, self._punts, MAX_PUNTS
+        )
+        if n <= -1000:
+            raise RingError(n, "run")
+        if n < 0:
+            raise OSError(-n, f"ring wait: {os.strerror(-n)}")
+        return list(self._punts[0:n]) if n else []
+
+    @property
+    def busy(self) -> int:
+        """Odd while :meth:`run` is serving commands in C (see wait_idle)."""
+        return int(self._ctx.busy)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until the commands :meth:`run` was serving when called are answered: the
+        PREEMPT AND ABORT barrier (docs/daemon.md).  False after ``timeout`` s."""
+        seen = self.busy
+        if not seen & 1:
+            return True
+        deadline = time.monotonic() + timeout
+        while self.busy == seen:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.0005)
+        return True
 
     def cdb(self, entry_off: int) -> bytes:
         n = self._lib.tcmu_ring_cdb(self._ctx, entry_off, self._cdb, len(self._cdb))

@@ -111,8 +111,13 @@ def check_mailbox(mm: mmap.mmap) -> int:
 
 
 def open_ring(dev: UioDevice, dev_dir: str = "/dev") -> RingMapping:
-    """Open /dev/uioN read-write and map its whole ring area shared."""
-    fd = os.open(os.path.join(dev_dir, f"uio{dev.minor}"), os.O_RDWR | os.O_CLOEXEC)
+    """Open /dev/uioN read-write and map its whole ring area shared.
+
+    Non-blocking: the native serve loop takes an event that arrived during a batch with one
+    read() instead of poll() + read() (a busy ring never sleeps), and only polls on EAGAIN.
+    """
+    flags = os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK
+    fd = os.open(os.path.join(dev_dir, f"uio{dev.minor}"), flags)
     try:
         mm = mmap.mmap(fd, dev.map_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     except OSError:

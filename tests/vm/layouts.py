@@ -35,7 +35,7 @@ for dm in $(dmsetup ls --target multipath 2>/dev/null | awk '{print $1}'); do
     dmsetup remove "$dm" 2>/dev/null || true
 done
 python3 -c 'import rtslib_fb; rtslib_fb.RTSRoot().clear_existing(confirm=True)' || true
-for pidfile in /run/tcmu-pr/daemon.pid /run/tcmu-pr/tcmu-runner.pid; do
+for pidfile in /run/tcmu-pr/daemon*.pid /run/tcmu-pr/tcmu-runner.pid; do
     [[ -s $pidfile ]] && kill "$(cat "$pidfile")" 2>/dev/null
     rm -f "$pidfile"
 done
