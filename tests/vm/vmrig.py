@@ -36,19 +36,25 @@ def build_image() -> Path:
 class VM:
     """One booted VM; use as a context manager.  Jobs run one at a time, as root."""
 
-    def __init__(self, *, memory_mb: int = 2048, cpus: int = 2, boot_timeout: float = 180.0):
+    def __init__(self, *, memory_mb: int = 2048, cpus: int = 2, boot_timeout: float = 180.0,
+                 overlay: Path | None = None):
+        """``overlay``: the guest disk's copy-on-write file.  By default a fresh one inside
+        the per-boot folder (gone after close); a caller's path is created only if missing
+        and outlives the VM, so a second VM booted on it sees what the first one wrote
+        (how a power cycle is tested)."""
         self.image = build_image()
         self.io = Path(tempfile.mkdtemp(prefix="tcmu-pr-vm-io."))
         (self.io / "jobs").mkdir()
         (self.io / "host-repo").write_text(str(REPO))
         self.console = self.io / "console.log"
         self._seq = 0
-        self._overlay = self.io / "overlay.qcow2"
-        subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
-             "-b", str(self.image / "rootfs.img"), str(self._overlay)],
-            check=True,
-        )
+        self._overlay = overlay or self.io / "overlay.qcow2"
+        if not self._overlay.exists():
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
+                 "-b", str(self.image / "rootfs.img"), str(self._overlay)],
+                check=True,
+            )
         cmd = [
             "qemu-system-x86_64", "-accel", "tcg,tb-size=256", "-machine", "q35",
             "-m", str(memory_mb), "-smp", str(cpus), "-nographic", "-no-reboot",
