@@ -258,3 +258,29 @@ cat /sys/kernel/config/target/core/user_12/lu9/enable {RUN}/lu9.out""")
     assert "(user_12/lu9) closed" in log, log
     paths.settle()
     paths.ok("sg_turs $A && sg_turs $B")  # the LU's devices are still served
+
+
+def test_targetcli_creates_our_backstores_over_dbus(paths):
+    """targetcli asks the handler over D-Bus (org.kernel.TCMUService1), as with tcmu-runner:
+    ``user:tcmu_pr`` is listed, a good config is created and served, a bad one refused."""
+    stop_daemon(paths.vm)
+    sh(paths.vm, "mkdir -p /run/dbus; [[ -S /run/dbus/system_bus_socket ]] || "
+                 "dbus-daemon --system --fork")
+    sh(paths.vm, START.replace("--no-dbus ", ""), timeout=200)
+    try:
+        _, out = sh(paths.vm, r"""
+lu=/var/tmp/tcmu-pr-kernel/lu8.img
+truncate -s 16M $lu
+targetcli ls /backstores | grep -o 'user:tcmu_pr'
+targetcli /backstores/user:tcmu_pr create name=lu8 size=16M cfgstring=file/$lu
+targetcli /backstores/user:tcmu_pr create name=lu8bad size=16M \
+    cfgstring=file//var/tmp/tcmu-pr-kernel/missing.img || echo refused
+grep -h lu8 /sys/class/uio/*/name
+targetcli /backstores/user:tcmu_pr delete lu8""")
+        assert "user:tcmu_pr" in out
+        assert "Created user-backed storage object lu8 size 16777216" in out, out
+        assert "No such file or directory" in out and "refused" in out, out
+        assert "/lu8/tcmu_pr/file//var/tmp/tcmu-pr-kernel/lu8.img" in out, out
+    finally:
+        stop_daemon(paths.vm)
+        start_daemon(paths.vm)
