@@ -371,6 +371,7 @@ class Device:
         ua = taken[0]
         if ua is None:
             return None
+        log.info("device %s: unit attention %02x/%02x delivered", self.name, ua.asc, ua.ascq)
         return scsi.Sense(scsi.UNIT_ATTENTION, ua.asc, ua.ascq).to_bytes()
 
 

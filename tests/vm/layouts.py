@@ -27,10 +27,18 @@ SCRIPTS = {
     "iscsi-2gw": "examples/targetcli/iscsi-2gw",
 }
 
-#: Tear down whatever a layout left: iSCSI sessions, multipath maps, all LIO config, and the
-#: daemons the layout scripts started (by the pids they recorded).
+#: Tear down whatever a layout left: iSCSI sessions, multipathd and its maps, all LIO config,
+#: and the daemons the layout scripts started (by the pids they recorded).  multipathd must go:
+#: left running it grabs the next layout's disks, and its path checker takes unit attentions
+#: the tests expect their own commands to see.  (udevd may stay: scenarios that check unit
+#: attentions hold its event queue, see tests/vm/scenarios/two-gateways.sh.)
 RESET = r"""
 iscsiadm -m node -u >/dev/null 2>&1 || true
+if pgrep -x multipathd >/dev/null; then
+    multipathd shutdown >/dev/null 2>&1 || true
+    for _ in $(seq 50); do pgrep -x multipathd >/dev/null || break; sleep 0.1; done
+    pkill -9 -x multipathd 2>/dev/null || true
+fi
 for dm in $(dmsetup ls --target multipath 2>/dev/null | awk '{print $1}'); do
     dmsetup remove "$dm" 2>/dev/null || true
 done

@@ -58,6 +58,13 @@ run sg_persist -n -i -r "$C2G2"
 run sg_persist -n -i -k "$C2G2"
 grep -q "Key=0xa1" <(sg_persist -n -i -r "$C2G2") || { echo "  [gw2 DISAGREES]"; failures=$((failures + 1)); }
 
+# udevd, if it runs, re-probes a disk closed after writing (its inotify watch): hold its event
+# queue so those reads cannot take the unit attention the fenced client's first write must see.
+if pgrep -x systemd-udevd >/dev/null; then
+    udevadm settle -t 60 || true
+    udevadm control --stop-exec-queue
+    trap 'udevadm control --start-exec-queue' EXIT
+fi
 say "client2 fences client1 through gateway 2 (PREEMPT AND ABORT, as fence_scsi does)"
 run sg_persist -n -o -A -K 0xb2 -S 0xa1 --prout-type=5 "$C2G2"
 sleep 0.5  # gateway 1's daemon sees the shared store change within its poll (100 ms)
