@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
 from dataclasses import dataclass
 
 from tcmu_pr.ring.loop import RingLoop
@@ -72,3 +73,12 @@ def close_device(dev: Device) -> None:
     dev.ring.close()
     dev.sim.close()
     os.close(dev.fd)
+
+
+def libasan() -> str:
+    """gcc's ASan runtime, for the sanitizer tests; Debian's gcc (scripts/apt-packages.txt)
+    brings it, so a missing one fails the test instead of skipping it."""
+    out = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True)
+    path = out.stdout.strip()
+    assert os.path.isabs(path) and os.path.exists(path), "gcc's libasan missing: scripts/setup"
+    return path

@@ -8,14 +8,13 @@ with its own mutation driver under ASan/UBSan and runs it.
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from ring_support import BLOCK, close_device, make_device, rw10
+from ring_support import BLOCK, close_device, libasan, make_device, rw10
 
 from tcmu_pr.ring import layout as L
 from tcmu_pr.ring.loop import ERR_IOV, ERR_MAILBOX, RingError
@@ -182,17 +181,9 @@ def _seed(cdbs: list[tuple[bytes, int]], *, verdict: int = 3) -> bytes:
     return head + bytes(ring) + tail + script
 
 
-def _libasan() -> str | None:
-    if not shutil.which("gcc"):
-        return None
-    out = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True)
-    path = out.stdout.strip()
-    return path if os.path.isabs(path) and os.path.exists(path) else None
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_libasan() is None, reason="needs gcc with libasan")
 def test_fuzz_harness_under_asan_and_ubsan(tmp_path):
+    libasan()  # the sanitizer runtime must be there: fail, never skip
     exe = tmp_path / "fuzz_ring"
     subprocess.run(
         ["gcc", "-std=gnu11", "-O1", "-g", "-fsanitize=address,undefined",

@@ -11,13 +11,13 @@ that scribbles random bytes over queued entries before each batch.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from ring_support import libasan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,16 +87,7 @@ CHILD = textwrap.dedent(
 )
 
 
-def _libasan() -> str | None:
-    if not shutil.which("gcc"):
-        return None
-    path = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
-                          text=True).stdout.strip()  # fmt: skip
-    return path if os.path.isabs(path) and os.path.exists(path) else None
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_libasan() is None, reason="needs gcc with libasan")
 def test_native_loop_under_asan_and_ubsan(tmp_path):
     sys.path.insert(0, str(ROOT / "native"))
     try:
@@ -113,7 +104,7 @@ def test_native_loop_under_asan_and_ubsan(tmp_path):
     image.write_bytes(bytes(1 << 20))
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    env = dict(os.environ, LD_PRELOAD=_libasan(), ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",
+    env = dict(os.environ, LD_PRELOAD=libasan(), ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",
                UBSAN_OPTIONS="print_stacktrace=1")  # fmt: skip
     proc = subprocess.run(
         [sys.executable, script, str(tmp_path / "build"), str(ROOT), str(image), "1", "300"],
