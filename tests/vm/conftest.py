@@ -1,7 +1,10 @@
-"""One booted test VM for every test under tests/vm (marker ``vm``).
+"""One booted test VM per test module under tests/vm (marker ``vm``).
 
-Booting under TCG takes 20 s to 2 min, so the VM is session-scoped and each test starts by
-resetting it (layouts.setup does).  A VM that cannot be built or booted FAILS these tests
+Booting under TCG takes 15-30 s, so the tests of a module share one VM and each starts by
+resetting it (layouts.setup does).  Each module gets a fresh VM: once, after ~100 layout
+jobs in one VM, Debian's 6.12.117 kernel corrupted its slab in dm-mod's IMA code
+(dm_ima_measure_on_device_resume, under `multipath`) and the guest wedged; a fresh kernel per
+module keeps such a guest-kernel fault from spreading to every later test.  A VM that cannot be built or booted FAILS these tests
 rather than skipping them; deselect them with ``-m "not vm"``.
 """
 
@@ -17,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vmrig
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vm() -> Iterator[vmrig.VM]:
     try:
         machine = vmrig.VM()
