@@ -10,6 +10,7 @@ The pure-Python loop and the simulator read and write the ring through these nam
 
 from __future__ import annotations
 
+import mmap
 import struct
 
 MAILBOX_VERSION = 2
@@ -72,6 +73,40 @@ TMR_LUN_RESET = 5
 U16 = struct.Struct("<H")
 U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
+
+
+class Mailbox:
+    """cmd_head and cmd_tail of a live mapping, each read and written as one 32-bit access.
+
+    Why not U32.pack_into/unpack_from: CPython moves explicitly little-endian fields one byte
+    at a time, so the other side (the kernel, or the C loop facing a simulator) could see a
+    half-written cmd_head or cmd_tail and walk into entries that were never written.  A
+    memoryview cast to native "I" stores and loads the aligned word whole (x86-64 and
+    aarch64 are little-endian, so the value is the same).  :meth:`release` before the
+    mapping is closed (an exported view keeps it open).
+    """
+
+    def __init__(self, mm: mmap.mmap | bytearray) -> None:
+        self._words = memoryview(mm)[:MAILBOX_SIZE].cast("I")
+
+    @property
+    def head(self) -> int:
+        return self._words[MB_CMD_HEAD // 4]
+
+    @head.setter
+    def head(self, value: int) -> None:
+        self._words[MB_CMD_HEAD // 4] = value
+
+    @property
+    def tail(self) -> int:
+        return self._words[MB_CMD_TAIL // 4]
+
+    @tail.setter
+    def tail(self, value: int) -> None:
+        self._words[MB_CMD_TAIL // 4] = value
+
+    def release(self) -> None:
+        self._words.release()
 IOVEC = struct.Struct("<QQ")
 
 #: CDB length by opcode group (bits 7..5), as the kernel's scsi_command_size() has it.

@@ -65,6 +65,7 @@ class PyRing:
             raise RingError(ERR_MAILBOX, "init")
         self._mm = mm
         self._mv = memoryview(mm)
+        self._mailbox = L.Mailbox(mm)
         self._map_size = len(mm)
         self._off, self._size = off, size
         self._data_off = off + size
@@ -91,7 +92,7 @@ class PyRing:
         if self._pending:
             raise RingError(ERR_PENDING, "process")
         mm, off, size = self._mm, self._off, self._size
-        head = _U32.unpack_from(mm, L.MB_CMD_HEAD)[0]
+        head = self._mailbox.head
         if head >= size or head % L.ALIGN:
             raise RingError(ERR_HEAD, "process")
         punts: dict[int, int] = {}
@@ -134,8 +135,8 @@ class PyRing:
     def commit(self) -> None:
         if self._pending:
             raise RingError(ERR_PENDING, "commit")
-        if _U32.unpack_from(self._mm, L.MB_CMD_TAIL)[0] != self._scan:
-            _U32.pack_into(self._mm, L.MB_CMD_TAIL, self._scan)
+        if self._mailbox.tail != self._scan:
+            self._mailbox.tail = self._scan
             os.write(self._kick_fd, b"\0\0\0\0")
             self._stats["kicks"] += 1
 
@@ -305,4 +306,5 @@ class PyRing:
 
     def close(self) -> None:
         self._closed = True
+        self._mailbox.release()
         self._mv.release()

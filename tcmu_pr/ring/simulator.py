@@ -87,6 +87,7 @@ class RingSimulator:
         L.U16.pack_into(self.mm, L.MB_FLAGS, flags)
         L.U32.pack_into(self.mm, L.MB_CMDR_OFF, self.cmdr_off)
         L.U32.pack_into(self.mm, L.MB_CMDR_SIZE, cmdr_size)
+        self.mailbox = L.Mailbox(self.mm)
         self.head = 0  # the kernel's own copy of cmd_head
         self.last_cleaned = 0  # how far completions have been reaped
         self._data_next = self.data_off
@@ -194,14 +195,14 @@ class RingSimulator:
 
     def publish(self) -> None:
         """Make queued entries visible: store cmd_head and signal userspace."""
-        L.U32.pack_into(self.mm, L.MB_CMD_HEAD, self.head)
+        self.mailbox.head = self.head
         os.eventfd_write(self.notify_fd, 1)
 
     # -- completions ------------------------------------------------------------------
 
     @property
     def tail(self) -> int:
-        return L.U32.unpack_from(self.mm, L.MB_CMD_TAIL)[0]
+        return self.mailbox.tail
 
     def kicks(self) -> int:
         """Drain the kick pipe; the number of 4-byte kicks userspace wrote."""
@@ -247,5 +248,6 @@ class RingSimulator:
         os.close(self.notify_fd)
         os.close(self._kick_r)
         os.close(self.kick_fd)
+        self.mailbox.release()
         if isinstance(self.mm, mmap.mmap):
             self.mm.close()
