@@ -20,6 +20,7 @@ struct iovec { void *iov_base; size_t iov_len; };
 struct rbd_io;
 int rbd_io_open(const char *pool, const char *image, const char *conf, const char *client_id,
                 struct rbd_io **out);
+int rbd_io_open_ioctx(uintptr_t ioctx, const char *image, struct rbd_io **out);
 void rbd_io_close(struct rbd_io *io);
 int rbd_io_size(struct rbd_io *io, uint64_t *size);
 ssize_t rbd_io_readv(struct rbd_io *io, const struct iovec *iov, int iovcnt, uint64_t off);

@@ -38,7 +38,7 @@ struct ring_stats {
 struct ring_ctx {
     uint32_t cmdr_off; uint32_t cmdr_size; uint64_t data_off; uint16_t mb_flags;
     uint32_t verdict; uint32_t scan; uint32_t n_pending; struct ring_stats stats;
-    uint32_t busy; ...;
+    uint32_t busy; uint64_t lease_ms; ...;
 };
 
 int tcmu_ring_init(struct ring_ctx *ctx, void *map, uint64_t map_size, int kick_fd,
@@ -53,6 +53,7 @@ int64_t tcmu_ring_complete(struct ring_ctx *ctx, uint32_t entry_off, uint8_t sta
                            const uint8_t *sense, uint32_t sense_len, const uint8_t *data,
                            uint64_t data_len);
 int tcmu_ring_commit(struct ring_ctx *ctx);
+uint32_t tcmu_ring_publish(struct ring_ctx *ctx, uint32_t verdict, uint64_t lease_ms);
 int tcmu_ring_run(struct ring_ctx *ctx, int wait_fd, uint32_t event_size, int timeout_ms,
                   uint32_t *punts, uint32_t max_punts);
 """

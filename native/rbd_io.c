@@ -15,7 +15,7 @@
 #include <rbd/librbd.h>
 
 struct rbd_io {
-	rados_t cluster;
+	rados_t cluster;	/* NULL when the caller's connection is borrowed */
 	rados_ioctx_t ioctx;
 	rbd_image_t image;
 };
@@ -66,13 +66,36 @@ fail_free:
 	return rc;
 }
 
+int rbd_io_open_ioctx(uintptr_t ioctx, const char *image, struct rbd_io **out)
+{
+	struct rbd_io *io;
+	int rc;
+
+	if (!ioctx || !image || !out)
+		return -EINVAL;
+	*out = NULL;
+	io = calloc(1, sizeof(*io));
+	if (!io)
+		return -ENOMEM;
+	io->ioctx = (rados_ioctx_t)ioctx;
+	rc = rbd_open(io->ioctx, image, &io->image, NULL);
+	if (rc < 0) {
+		free(io);
+		return rc;
+	}
+	*out = io;
+	return 0;
+}
+
 void rbd_io_close(struct rbd_io *io)
 {
 	if (!io)
 		return;
 	rbd_close(io->image);
-	rados_ioctx_destroy(io->ioctx);
-	rados_shutdown(io->cluster);
+	if (io->cluster) {
+		rados_ioctx_destroy(io->ioctx);
+		rados_shutdown(io->cluster);
+	}
 	free(io);
 }
 

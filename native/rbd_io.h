@@ -24,6 +24,10 @@ struct rbd_io;
  * usual search) and open pool/image for read-write. */
 int rbd_io_open(const char *pool, const char *image, const char *conf, const char *client_id,
                 struct rbd_io **out);
+/* Open image on a caller's rados_ioctx_t (passed as an integer, from another binding of the
+ * same librados): the image then shares that client, so blocklisting the client fences this
+ * data path too.  The caller keeps the ioctx alive until rbd_io_close. */
+int rbd_io_open_ioctx(uintptr_t ioctx, const char *image, struct rbd_io **out);
 void rbd_io_close(struct rbd_io *io);
 
 /* Current size in bytes (re-read from librbd: the image may have been resized). */

@@ -297,6 +297,16 @@ static int data_io(struct ring_ctx *ctx, const uint8_t *ent, uint32_t cnt, int w
 	return 0;
 }
 
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	/* coarse: a vDSO read of the tick's time, never a syscall or a clock device; the
+	 * deadlines it serves (the run loop's timeout, the lease) tolerate a tick of error */
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static int is_pr_changer(uint8_t op)
 {
 	/* PERSISTENT RESERVE OUT, RESERVE(6/10), RELEASE(6/10) */
@@ -304,7 +314,7 @@ static int is_pr_changer(uint8_t op)
 }
 
 static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *ent,
-				  uint32_t len)
+				  uint32_t len, int expired)
 {
 	const uint8_t *raw = (const uint8_t *)ent;
 	uint8_t cdb[16];
@@ -345,7 +355,7 @@ static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *e
 		blocks = be(cdb + 10, 4);
 		break;
 	default: {
-		uint32_t v = __atomic_load_n(&ctx->verdict, __ATOMIC_ACQUIRE);
+		uint32_t v = __atomic_load_n(&ctx->verdict, __ATOMIC_SEQ_CST);
 
 		if (clen > 0 && is_pr_changer(cdb[0]))
 			return PUNT_AND_STOP;
@@ -361,8 +371,10 @@ static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *e
 		fua = write && (cdb[1] & 0x08);
 	}
 
-	uint32_t v = __atomic_load_n(&ctx->verdict, __ATOMIC_ACQUIRE);
+	uint32_t v = __atomic_load_n(&ctx->verdict, __ATOMIC_SEQ_CST);
 
+	if (expired) /* the PR state is not vouched for: Python re-validates first */
+		return PUNT;
 	if (v & RING_VERDICT_UA) /* Python delivers the unit attention first */
 		return PUNT_AND_STOP;
 	if (!(v & (write ? RING_VERDICT_WRITE : RING_VERDICT_READ))) {
@@ -445,7 +457,26 @@ int tcmu_ring_commit(struct ring_ctx *ctx)
 	return 0;
 }
 
+static int process(struct ring_ctx *ctx, uint32_t *punts, uint32_t max_punts);
+
 int tcmu_ring_process(struct ring_ctx *ctx, uint32_t *punts, uint32_t max_punts)
+{
+	int n;
+
+	__atomic_add_fetch(&ctx->busy, 1, __ATOMIC_SEQ_CST); /* odd: serving */
+	n = process(ctx, punts, max_punts);
+	__atomic_add_fetch(&ctx->busy, 1, __ATOMIC_SEQ_CST); /* even: done */
+	return n;
+}
+
+uint32_t tcmu_ring_publish(struct ring_ctx *ctx, uint32_t verdict, uint64_t lease_ms)
+{
+	__atomic_store_n(&ctx->lease_ms, lease_ms, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&ctx->verdict, verdict, __ATOMIC_SEQ_CST);
+	return __atomic_load_n(&ctx->busy, __ATOMIC_SEQ_CST);
+}
+
+static int process(struct ring_ctx *ctx, uint32_t *punts, uint32_t max_punts)
 {
 	struct tcmu_mailbox *mb = mailbox(ctx);
 	uint8_t *ring = ctx->map + ctx->cmdr_off;
@@ -458,6 +489,9 @@ int tcmu_ring_process(struct ring_ctx *ctx, uint32_t *punts, uint32_t max_punts)
 		return -EINVAL;
 	if (max_punts > RING_MAX_PUNTS)
 		max_punts = RING_MAX_PUNTS;
+	uint64_t lease = __atomic_load_n(&ctx->lease_ms, __ATOMIC_SEQ_CST);
+	/* one clock read per batch, and none at all without a lease */
+	int expired = lease && (uint64_t)now_ms() >= lease;
 	uint32_t head = __atomic_load_n(&mb->cmd_head, __ATOMIC_ACQUIRE);
 
 	if (head >= size || head % TCMU_OP_ALIGN_SIZE)
@@ -481,7 +515,8 @@ int tcmu_ring_process(struct ring_ctx *ctx, uint32_t *punts, uint32_t max_punts)
 		} else if (op == TCMU_OP_CMD && len >= ENTRY_MIN_LEN) {
 			if (n == max_punts)
 				break; /* no room to punt this one: next call */
-			enum disposition d = serve_cmd(ctx, (struct tcmu_cmd_entry *)(ring + scan), len);
+			enum disposition d =
+				serve_cmd(ctx, (struct tcmu_cmd_entry *)(ring + scan), len, expired);
 
 			ctx->stats.cmds++;
 			if (d != DONE) {
@@ -636,16 +671,6 @@ done:;
 
 /* ---- the serve loop ---------------------------------------------------------------- */
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	/* coarse: a vDSO read of the tick's time, never a clock device (the deadline is only
-	 * there so the caller sees its stop flag; a few ms late is fine) */
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Take one pending event: 1 taken, 0 none pending (EAGAIN/EINTR), or -errno. */
 static int take_event(int fd, uint32_t event_size)
 {
@@ -683,10 +708,8 @@ int tcmu_ring_run(struct ring_ctx *ctx, int wait_fd, uint32_t event_size, int ti
 	nonblock = !!(flags & O_NONBLOCK);
 	deadline = now_ms() + timeout_ms;
 	for (;;) {
-		__atomic_add_fetch(&ctx->busy, 1, __ATOMIC_ACQ_REL); /* odd: serving */
 		int n = tcmu_ring_process(ctx, punts, max_punts);
 
-		__atomic_add_fetch(&ctx->busy, 1, __ATOMIC_ACQ_REL); /* even: done */
 		if (n)
 			return n;
 		int64_t left = deadline - now_ms();

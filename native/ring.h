@@ -137,9 +137,12 @@ struct ring_ctx {
 	uint32_t pending[RING_MAX_PUNTS];     /* their mapping offsets */
 	uint32_t pending_len[RING_MAX_PUNTS]; /* their lengths, as checked when scanned */
 	struct ring_stats stats;
-	/* Odd while tcmu_ring_run is serving commands, even while it waits or has returned:
-	 * another thread (PREEMPT AND ABORT) waits for an odd value to change. */
+	/* Odd while tcmu_ring_process is serving commands, even otherwise: a thread that
+	 * published a new verdict waits for an odd value to change (tcmu_ring_publish). */
 	uint32_t busy;
+	/* Lease deadline (CLOCK_MONOTONIC_COARSE, ms) for the fast path; 0: none. Past it,
+	 * every command is punted: Python re-validates the PR state before answering. */
+	uint64_t lease_ms;
 };
 
 /* Validate the mailbox and fill ctx. 0 or a RING_ERR_* / -errno. map and the mailbox's
@@ -174,6 +177,15 @@ int64_t tcmu_ring_gather(struct ring_ctx *ctx, uint32_t entry_off, uint8_t *buf,
 int64_t tcmu_ring_complete(struct ring_ctx *ctx, uint32_t entry_off, uint8_t status,
 			   const uint8_t *sense, uint32_t sense_len, const uint8_t *data,
 			   uint64_t data_len);
+
+/*
+ * Store a new verdict and lease deadline for the fast path and return ctx->busy as it was
+ * right after: when odd, a batch that may have read the old verdict is running, and the
+ * caller waits for busy to change before it claims the new verdict is in force. The store
+ * and the load are sequentially consistent against the loop's increment-then-read of busy
+ * and verdict (the handshake needs store->load ordering, which plain accesses lack).
+ */
+uint32_t tcmu_ring_publish(struct ring_ctx *ctx, uint32_t verdict, uint64_t lease_ms);
 
 /* Publish cmd_tail up to the scan point and kick the kernel; 0 or RING_ERR_PENDING. */
 int tcmu_ring_commit(struct ring_ctx *ctx);

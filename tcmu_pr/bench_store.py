@@ -3,9 +3,9 @@
 Each process is its own I_T nexus (a gateway daemon stand-in) and issues REGISTER AND IGNORE
 EXISTING KEY with a counter-valued key, so every command is a real change: the generation must
 end at exactly the number of GOOD answers and each nexus's key at its last counter.  The same
-run is repeated with the compare disabled (``FileSlot(guard=False)``: a plain
-read-modify-write through the same write path) to show what the guard prevents: there the
-generation falls short, and the shortfall is the number of lost updates.
+run is repeated without the guard (:class:`Unguarded`: a plain read-modify-write through the
+same write path) to show what the guard prevents: there the generation falls short, and the
+shortfall is the number of lost updates.  Works on either store (``--store rbd:POOL/IMAGE``).
 
 A command that exhausts the retry budget (CHECK CONDITION, PR_UPDATE_CONTENTION) is re-issued,
 as an initiator would; it changed nothing, which the final count proves.
@@ -24,10 +24,11 @@ from functools import partial
 from pathlib import Path
 
 from tcmu_pr import scsi
-from tcmu_pr.backends.base import PRSlot
+from tcmu_pr.backends.base import PRSlot, Store, StoreError
 from tcmu_pr.cli import UsageError, command
 from tcmu_pr.nexus import Nexus
 from tcmu_pr.pr_cdb import REGISTER_AND_IGNORE_EXISTING_KEY, pr_out
+from tcmu_pr.store_spec import StoreSpec, StoreSpecError
 
 CONTENTION_SENSE = scsi.PR_UPDATE_CONTENTION.to_bytes()
 
@@ -103,50 +104,68 @@ class BenchResult:
         )
 
 
-#: Opens the slot under test: ``factory(guard=...)``.  Must pickle (a functools.partial of a
-#: module-level class or classmethod), since workers may be spawned.
-SlotFactory = Callable[..., PRSlot]
+class Unguarded:
+    """A slot whose compare-and-swap ignores what the caller read: each write replaces
+    whatever is stored, through the very same write path.  The control run's slot only."""
+
+    def __init__(self, slot: PRSlot) -> None:
+        self.slot = slot
+
+    def read(self) -> bytes:
+        return self.slot.read()
+
+    def compare_and_swap(self, expected: bytes, new: bytes) -> bool:
+        while not self.slot.compare_and_swap(self.slot.read(), new):
+            pass
+        return True
 
 
-def _worker(factory: SlotFactory, proc: int, updates: int, guarded: bool, start, out) -> None:  # type: ignore[no-untyped-def]
+#: Opens the store under test.  Must pickle (a functools.partial of a module-level
+#: function), since workers may be spawned.
+StoreFactory = Callable[[], Store]
+
+
+def _worker(factory: StoreFactory, proc: int, updates: int, guarded: bool, start, out) -> None:  # type: ignore[no-untyped-def]
     from tcmu_pr.apply import ApplyStats, apply
 
     result = WorkerResult(proc)
     stats = ApplyStats()
     nexus = bench_nexus(proc)
+    store = factory()
     try:
-        with factory(guard=guarded) as slot:
-            start.wait()
-            counter = 1
-            while counter <= updates:
-                cdb, params = pr_out(
-                    REGISTER_AND_IGNORE_EXISTING_KEY, sa_key=bench_key(proc, counter)
-                )
-                t0 = time.perf_counter()
-                outcome = apply(slot, nexus, cdb, params, stats=stats)
-                result.latencies.append(time.perf_counter() - t0)
-                if outcome.status == scsi.GOOD:
-                    result.good += 1
-                    counter += 1
-                elif outcome.sense == CONTENTION_SENSE:
-                    result.contention += 1
-                else:
-                    result.other += 1
-                    counter += 1
+        slot: PRSlot = store.slot() if guarded else Unguarded(store.slot())
+        start.wait()
+        counter = 1
+        while counter <= updates:
+            cdb, params = pr_out(
+                REGISTER_AND_IGNORE_EXISTING_KEY, sa_key=bench_key(proc, counter)
+            )
+            t0 = time.perf_counter()
+            outcome = apply(slot, nexus, cdb, params, stats=stats)
+            result.latencies.append(time.perf_counter() - t0)
+            if outcome.status == scsi.GOOD:
+                result.good += 1
+                counter += 1
+            elif outcome.sense == CONTENTION_SENSE:
+                result.contention += 1
+            else:
+                result.other += 1
+                counter += 1
     finally:
+        store.close()
         result.attempts, result.conflicts = stats.attempts, stats.conflicts
         out.put(result)
 
 
 def run_storm(
-    factory: SlotFactory,
+    factory: StoreFactory,
     *,
     procs: int = 4,
     updates: int = 200,
     guarded: bool = True,
     start_method: str = "fork",
 ) -> BenchResult:
-    """``procs`` processes x ``updates`` updates on the (empty) slot ``factory`` opens.
+    """``procs`` processes x ``updates`` updates on the (empty) store ``factory`` opens.
 
     RBD needs ``start_method="spawn"``: a process already running librados threads must not
     fork a child that starts librados again.
@@ -172,8 +191,11 @@ def run_storm(
             w.join(timeout=30)
             if w.is_alive():
                 w.kill()
-    with factory(guard=True) as slot:
-        state = codec.decode(slot.read())
+    store = factory()
+    try:
+        state = codec.decode(store.slot().read())
+    finally:
+        store.close()
     keys_ok = sum(
         1
         for p in range(procs)
@@ -184,16 +206,33 @@ def run_storm(
     return BenchResult(guarded, procs, updates, seconds, state.generation, keys_ok, results)
 
 
-def run_store_bench(
-    directory: Path, *, procs: int = 4, updates: int = 200, guarded: bool = True
-) -> BenchResult:
-    """Run one round on a fresh image file in ``directory``."""
-    from tcmu_pr.backends.file import FileSlot, sidecar_path
+def _open(spec: StoreSpec) -> Store:
+    from tcmu_pr.backends import open_store
 
-    image = directory / f"bench-{'guarded' if guarded else 'unguarded'}.img"
-    image.write_bytes(b"")
-    sidecar_path(image).unlink(missing_ok=True)
-    return run_storm(partial(FileSlot, str(image)), procs=procs, updates=updates, guarded=guarded)
+    return open_store(spec)
+
+
+def run_store_bench(
+    spec: StoreSpec, *, procs: int = 4, updates: int = 200, guarded: bool = True
+) -> BenchResult:
+    """One round on ``spec``, whose PR state is reset first (RBD: spawned workers, since a
+    process already running librados threads must not fork one that starts librados)."""
+    factory = partial(_open, spec)
+    store = factory()
+    try:
+        if spec.is_file:
+            from tcmu_pr.backends.file import sidecar_path
+
+            sidecar_path(spec.path).unlink(missing_ok=True)
+        else:
+            from tcmu_pr.backends.rbd import PR_XATTR
+
+            slot = store.slot()
+            slot.ioctx.setxattr(slot.oid, PR_XATTR, b"")  # type: ignore[attr-defined]
+    finally:
+        store.close()
+    method = "fork" if spec.is_file else "spawn"
+    return run_storm(factory, procs=procs, updates=updates, guarded=guarded, start_method=method)
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -202,9 +241,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", type=Path, help="where the image goes (default: a temp dir)")
     p.add_argument(
         "--store",
-        metavar="rbd:POOL/IMAGE",
-        help="storm an existing RBD image instead (its pr_info is reset; Ceph config from "
-        "$CEPH_CONF)",
+        metavar="SPEC",
+        help="storm this store instead of a fresh image file: file:PATH or rbd:POOL/IMAGE "
+        "(its PR state is reset; Ceph config from $CEPH_CONF)",
     )
 
 
@@ -214,24 +253,23 @@ def _bench_store(args: argparse.Namespace) -> int:
         raise UsageError("--procs must be 1..64 and --updates 1..1000000")
     with tempfile.TemporaryDirectory(prefix="tcmu-pr-bench-", dir=args.dir) as tmp:
         if args.store:
-            pool, sep, image = args.store.removeprefix("rbd:").partition("/")
-            if not args.store.startswith("rbd:") or not sep or not pool or not image:
-                raise UsageError(f"--store {args.store!r}: expected rbd:POOL/IMAGE")
-            print(f"RBD store {pool}/{image}; {args.procs} processes x {args.updates} updates")
+            try:
+                spec = StoreSpec.parse(args.store, base=Path.cwd())
+            except StoreSpecError as err:
+                raise UsageError(str(err)) from err
+            print(f"store {spec}; {args.procs} processes x {args.updates} updates each")
         else:
+            image = Path(tmp) / "bench.img"
+            image.write_bytes(b"")
+            spec = StoreSpec.file(image)
             print(f"file store in {tmp}; {args.procs} processes x {args.updates} updates each")
         ok = True
         for guarded in (True, False):
-            if args.store:
-                from tcmu_pr.backends.rbd_bench import run_rbd_storm
-
-                res = run_rbd_storm(
-                    pool, image, procs=args.procs, updates=args.updates, guarded=guarded
-                )
-            else:
-                res = run_store_bench(
-                    Path(tmp), procs=args.procs, updates=args.updates, guarded=guarded
-                )
+            try:
+                res = run_store_bench(spec, procs=args.procs, updates=args.updates,
+                                      guarded=guarded)  # fmt: skip
+            except StoreError as err:
+                raise UsageError(f"store {spec}: {err}") from err
             print(res.summary())
             if guarded:
                 ok = res.lost == 0 and res.other == 0 and res.keys_ok == args.procs

@@ -28,7 +28,8 @@ Configure = Callable[[argparse.ArgumentParser], None]
 
 #: Modules whose import registers more subcommands (append yours).
 COMMAND_MODULES: list[str] = [
-    "tcmu_pr.demo", "tcmu_pr.bench_store", "tcmu_pr.bench_ring", "tcmu_pr.layout",
+    "tcmu_pr.demo", "tcmu_pr.bench_store", "tcmu_pr.bench_ring",
+    "tcmu_pr.layout",
     "tcmu_pr.daemon.main",
 ]
 
@@ -209,20 +210,34 @@ def _nexus_arg(text: str):  # type: ignore[no-untyped-def]
         raise argparse.ArgumentTypeError(str(err)) from err
 
 
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from err
+    if not 1 <= value <= 300:
+        raise argparse.ArgumentTypeError("the ack timeout must be 1..300 seconds")
+    return value
+
+
 def _configure_exec(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", required=True, metavar="SPEC", help="file:PATH or rbd:POOL/IMAGE")
     p.add_argument("--nexus", required=True, type=_nexus_arg, metavar="NEXUS")
     p.add_argument("--cdb", required=True, type=_hex_arg, metavar="HEX")
     p.add_argument("--data", default=b"", type=_hex_arg, metavar="HEX", help="data-out")
     p.add_argument("--rtpi", type=_rtpi_arg, metavar="N", help="relative target port id")
+    p.add_argument("--ack-timeout", type=_seconds_arg, default=5.0, metavar="SECONDS",
+                   help="how long a change waits for the gateways serving the LU (default 5)")
 
 
-def _open_store(spec: str):  # type: ignore[no-untyped-def]
-    from tcmu_pr.backends import StoreSpecError, open_slot
-    from tcmu_pr.backends.base import StoreError
+def _open_store(text: str, **options: object):  # type: ignore[no-untyped-def]
+    """The store a user named (a relative file path is taken from the working directory)."""
+    from tcmu_pr.backends import open_store
+    from tcmu_pr.backends.base import StoreError, StoreOptions
+    from tcmu_pr.store_spec import StoreSpec, StoreSpecError
 
     try:
-        return open_slot(spec)
+        return open_store(StoreSpec.parse(text, base=os.getcwd()), StoreOptions(**options))  # type: ignore[arg-type]
     except (StoreSpecError, StoreError) as err:
         raise UsageError(_one_line(err)) from err
 
@@ -230,19 +245,21 @@ def _open_store(spec: str):  # type: ignore[no-untyped-def]
 @command(
     "pr",
     "exec",
-    help="run one CDB through the engine on a store (unit attentions are not delivered)",
+    help="run one CDB through the engine on a store, as a gateway would (a change waits for "
+    "every gateway serving the LU; unit attentions are not delivered)",
     configure=_configure_exec,
 )
 def _pr_exec(args: argparse.Namespace) -> int:
-    from tcmu_pr.apply import apply
+    from tcmu_pr.lu import LogicalUnit
 
     if not args.cdb:
         raise UsageError("--cdb is empty")
-    slot = _open_store(args.store)
+    store = _open_store(args.store, ack_timeout=args.ack_timeout)
     try:
-        outcome = apply(slot, args.nexus, args.cdb, args.data, rtpi=args.rtpi)
+        lu = LogicalUnit(store, serve=False)
+        outcome = lu.execute(args.nexus, args.cdb, args.data, rtpi=args.rtpi)
     finally:
-        slot.close()
+        store.close()
     result = {
         "status": outcome.status,
         "sense": None if outcome.sense is None else outcome.sense.hex(),
@@ -263,13 +280,13 @@ def _pr_show(args: argparse.Namespace) -> int:
     from tcmu_pr.render import format_state
     from tcmu_pr.state import PRState
 
-    slot = _open_store(args.store)
+    store = _open_store(args.store)
     try:
-        blob = slot.read()
+        blob = store.slot().read()
     except StoreError as err:
         raise CommandFailed(_one_line(err)) from err
     finally:
-        slot.close()
+        store.close()
     try:
         state, version = codec.decode_versioned(blob) if blob else (PRState(), None)
     except ValueError as err:

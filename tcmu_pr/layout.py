@@ -33,8 +33,9 @@ from typing import Any
 
 from tcmu_pr.cli import CommandFailed, UsageError, command
 from tcmu_pr.emulation.device import lu_serial
-from tcmu_pr.netlink.devconfig import DEV_CONFIG_MAX, ConfigError, parse_store
+from tcmu_pr.netlink.devconfig import DEV_CONFIG_MAX
 from tcmu_pr.nexus import Nexus, NexusError
+from tcmu_pr.store_spec import StoreSpec, StoreSpecError
 
 DEFAULT_TOPOLOGY = "/etc/tcmu-pr/topology.json"
 
@@ -74,14 +75,14 @@ class Spec:
     """A validated layout spec (see docs/layouts.md)."""
 
     lu: str
-    store: str
+    store: StoreSpec
     backend: str
     fabric: str
     ports: tuple[Port, ...]
     initiators: tuple[str, ...]  # iSCSI ACL names; empty for loopback
     lun: int = 0
     size: int | None = None
-    pr_store: str | None = None
+    pr_store: StoreSpec | None = None
     identity: str = ""
     topology: str = DEFAULT_TOPOLOGY
     attributes: dict[str, str] = field(default_factory=dict)
@@ -93,7 +94,7 @@ class Spec:
     @property
     def path(self) -> str:
         """The image path for file stores ('' for rbd)."""
-        return self.store.partition(":")[2] if self.store.startswith("file:") else ""
+        return self.store.path
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +128,10 @@ class Plan:
 # -- the pure half ---------------------------------------------------------------------------
 
 
-def load_spec(obj: Any) -> Spec:
-    """Validate a decoded JSON spec; :class:`LayoutError` names the first bad field."""
+def load_spec(obj: Any, *, base: str | None = None) -> Spec:
+    """Validate a decoded JSON spec; :class:`LayoutError` names the first bad field.
+
+    ``base`` resolves relative file stores (the CLI passes its working directory)."""
     if not isinstance(obj, dict):
         raise LayoutError("spec must be a JSON object")
     known = {"lu", "store", "backend", "fabric", "targets", "initiators", "lun", "size",
@@ -145,17 +148,15 @@ def load_spec(obj: Any) -> Spec:
     fabric = obj.get("fabric", "loopback")
     if fabric not in FABRICS:
         raise LayoutError(f"fabric {fabric!r}: one of {', '.join(FABRICS)}")
-    store = _need(obj, "store", str)
     try:
-        store = parse_store(store)  # the colon spelling, as the daemon compares it
-        pr_store = obj.get("pr_store")
-        if pr_store is not None:
-            pr_store = parse_store(pr_store)
-    except ConfigError as err:
+        store = StoreSpec.parse(_need(obj, "store", str), base=base)
+        pr_text = obj.get("pr_store")
+        pr_store = None if pr_text is None else StoreSpec.parse(pr_text, base=base)
+    except StoreSpecError as err:
         raise LayoutError(str(err)) from None
-    if backend != "tcmu-pr" and not store.startswith("file:"):
+    if backend != "tcmu-pr" and not store.is_file:
         raise LayoutError(f"backend {backend} needs a file: store")
-    if backend == "tcmu-pr" and len(store) > DEV_CONFIG_MAX - len("tcmu-pr/;rtpi=65535"):
+    if backend == "tcmu-pr" and len(store.slashed) > DEV_CONFIG_MAX - len("tcmu-pr/;rtpi=65535"):
         raise LayoutError("store spec too long for a TCMU dev_config")
     size = obj.get("size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
@@ -184,7 +185,7 @@ def load_spec(obj: Any) -> Spec:
     spec = Spec(
         lu=lu, store=store, backend=backend, fabric=fabric, ports=ports,
         initiators=initiators, lun=lun, size=size, pr_store=pr_store,
-        identity=str(obj.get("identity") or store), topology=str(obj.get("topology",
+        identity=str(obj.get("identity") or str(store)), topology=str(obj.get("topology",
                                                                          DEFAULT_TOPOLOGY)),
         attributes={k: str(v) for k, v in attributes.items()},
     )
@@ -266,17 +267,12 @@ def dev_config(spec: Spec, rtpi: int, nexus: Nexus) -> str:
         return f"qcow/{spec.path}"
     # The slash spelling (file//path, rbd/pool/image) is devconfig.py's canonical one: the
     # one targetcli can write too, since rtslib refuses ':' in a user backstore's config.
-    config = f"tcmu-pr/{_slashed(spec.store)}"
+    config = f"tcmu-pr/{spec.store.slashed}"
     if spec.pr_store and spec.pr_store != spec.store:
-        config += f";pr_store={_slashed(spec.pr_store)}"
+        config += f";pr_store={spec.pr_store.slashed}"
     config += f";rtpi={rtpi}"
     with_nexus = f"{config};nexus={nexus}"
     return with_nexus if len(with_nexus) <= DEV_CONFIG_MAX else config
-
-
-def _slashed(store: str) -> str:
-    scheme, _, where = store.partition(":")
-    return f"{scheme}/{where}"
 
 
 def plan(spec: Spec) -> Plan:
@@ -310,9 +306,9 @@ def topology_entries(plan_: Plan, hba_of: dict[str, str]) -> dict[str, dict[str,
     for ex in plan_.exports:
         rows[f"{hba_of[ex.device]}/{ex.device}"] = {
             "lu": plan_.spec.lu,
-            "store": plan_.spec.store,
-            **({"pr_store": plan_.spec.pr_store} if plan_.spec.pr_store else {}),
-            **({"identity": plan_.spec.identity} if plan_.spec.identity != plan_.spec.store
+            "store": str(plan_.spec.store),
+            **({"pr_store": str(plan_.spec.pr_store)} if plan_.spec.pr_store else {}),
+            **({"identity": plan_.spec.identity} if plan_.spec.identity != str(plan_.spec.store)
                else {}),
             "nexus": str(ex.nexus),
             "rtpi": ex.port.rtpi,
@@ -646,7 +642,7 @@ def _spec_from_file(name: str) -> Spec:
     except ValueError as err:
         raise UsageError(f"{name}: not JSON: {err}") from err
     try:
-        return load_spec(obj)
+        return load_spec(obj, base=os.getcwd())
     except LayoutError as err:
         raise UsageError(f"{name}: {err}") from err
 

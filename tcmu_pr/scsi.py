@@ -90,6 +90,9 @@ INVALID_RELEASE_OF_PERSISTENT_RESERVATION = Sense(ILLEGAL_REQUEST, 0x26, 0x04)
 LBA_OUT_OF_RANGE = Sense(ILLEGAL_REQUEST, 0x21, 0x00)
 INSUFFICIENT_REGISTRATION_RESOURCES = Sense(ILLEGAL_REQUEST, 0x55, 0x04)
 LOGICAL_UNIT_COMMUNICATION_FAILURE = Sense(HARDWARE_ERROR, 0x08, 0x00)
+#: The LU cannot vouch for its reservation state right now (a gateway re-validating after a
+#: freeze, or reconnecting after it was cut off): initiators retry (Linux: ADD_TO_MLQUEUE).
+LOGICAL_UNIT_BECOMING_READY = Sense(NOT_READY, 0x04, 0x01)
 #: A PR update kept losing the compare-and-swap race: retryable, nothing was changed.
 PR_UPDATE_CONTENTION = Sense(ABORTED_COMMAND, 0x2C, 0x00)
 MISCOMPARE_DURING_VERIFY = Sense(MISCOMPARE, 0x1D, 0x00)

@@ -202,24 +202,53 @@ class PRPeer:
 
 
 class RecordingManager:
-    """A DeviceManager that records calls and refuses what it is told to refuse."""
+    """A DeviceManager that records calls and refuses what it is told to refuse.
+
+    The PR side is real: each device gets a LogicalUnit on its real PR store (a participant,
+    as in the daemon), so GET/SET_PR_INFO are answered exactly as the daemon answers them.
+    """
 
     def __init__(self) -> None:
         self.calls: list[tuple] = []
         self.refuse: OSError | None = None
+        self.lus: dict[int, tuple] = {}
 
-    def open_device(self, info, slot) -> None:
+    def open_device(self, info) -> None:
+        from tcmu_pr.backends import open_store
+        from tcmu_pr.lu import LogicalUnit
+
         if self.refuse is not None:
             raise self.refuse
+        store = open_store(info.config.pr_store)
+        self.lus[info.device_id] = (store, LogicalUnit(store))
         self.calls.append(("open", info))
 
     def close_device(self, device_id: int) -> None:
+        store, lu = self.lus.pop(device_id, (None, None))
+        if lu is not None:
+            lu.close()
+            store.close()
         self.calls.append(("close", device_id))
 
     def reconfig_device(self, device_id: int, changes) -> None:
         if self.refuse is not None:
             raise self.refuse
         self.calls.append(("reconfig", device_id, changes))
+
+    def get_pr_info(self, device_id: int) -> bytes:
+        return self._pr(lambda lu: lu.get_pr_info(), device_id)
+
+    def set_pr_info(self, device_id: int, blob: bytes) -> None:
+        self._pr(lambda lu: lu.set_pr_info(blob), device_id)
+
+    def _pr(self, call, device_id: int):
+        from tcmu_pr.lu import PRInfoRefused
+        from tcmu_pr.netlink.service import DeviceError
+
+        try:
+            return call(self.lus[device_id][1])
+        except PRInfoRefused as err:
+            raise DeviceError(err.errno, str(err)) from err
 
 
 @contextmanager

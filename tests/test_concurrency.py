@@ -11,12 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from tcmu_pr.bench_store import run_store_bench
+from tcmu_pr.store_spec import StoreSpec
 
 PROCS, UPDATES = 4, 200
 
 
 def test_guarded_updates_all_land_and_the_unguarded_control_loses_some(tmp_path: Path) -> None:
-    guarded = run_store_bench(tmp_path, procs=PROCS, updates=UPDATES, guarded=True)
+    image = tmp_path / "bench.img"
+    image.write_bytes(b"")
+    spec = StoreSpec.file(image)
+    guarded = run_store_bench(spec, procs=PROCS, updates=UPDATES, guarded=True)
     assert guarded.other == 0, "every command is a valid REGISTER AND IGNORE EXISTING KEY"
     assert guarded.good == PROCS * UPDATES
     assert guarded.generation == PROCS * UPDATES, f"lost {guarded.lost} updates"
@@ -24,7 +28,7 @@ def test_guarded_updates_all_land_and_the_unguarded_control_loses_some(tmp_path:
     # The writers really overlapped: races happened and were re-applied, not avoided.
     assert guarded.conflicts > 0
 
-    control = run_store_bench(tmp_path, procs=PROCS, updates=UPDATES, guarded=False)
+    control = run_store_bench(spec, procs=PROCS, updates=UPDATES, guarded=False)
     assert control.good == PROCS * UPDATES
     # Same workload, compare disabled: updates answered GOOD vanish.  If this ever passes with
     # 0 lost, the test above could not have failed either.

@@ -10,17 +10,18 @@ from __future__ import annotations
 import errno
 
 import pytest
-from daemon_support import NEXUS_A, NEXUS_B, DaemonRig, run_cmd, wait_for, write_topology
+from daemon_support import NEXUS_A, NEXUS_B, DaemonRig, run_cmd, write_topology
 from pr_cdbs import PREEMPT, PREEMPT_AND_ABORT, REGISTER, RESERVE, basic_list, prout, sense_code
 from ring_support import rw10
 
 from tcmu_pr import scsi
-from tcmu_pr.apply import apply
-from tcmu_pr.backends.file import FileSlot
+from tcmu_pr.backends import open_store
 from tcmu_pr.conflict import VERDICT_UA
 from tcmu_pr.daemon.config import DaemonConfig
+from tcmu_pr.lu import LogicalUnit
 from tcmu_pr.netlink.family import Attr
 from tcmu_pr.nexus import Nexus
+from tcmu_pr.store_spec import StoreSpec
 
 KEY_A, KEY_B = 0xAAAA, 0xBBBB
 WE = 0x1  # WRITE EXCLUSIVE: only the holder writes, everyone reads
@@ -47,9 +48,7 @@ def cfg(tmp_path, image):
             "user_1/lu0_b": {"lu": "lu0", "store": f"file:{image}", "nexus": NEXUS_B, "rtpi": 2},
         },
     )
-    return DaemonConfig(
-        topology=tmp_path / "topology.json", dbus=False, store_poll_ms=20, ring_poll_ms=50
-    )
+    return DaemonConfig(topology=tmp_path / "topology.json", dbus=False, ring_poll_ms=50)
 
 
 @pytest.fixture
@@ -66,7 +65,18 @@ def pr(sim, sa: int, params: bytes, type_: int = 0):
 
 
 def stats(rig, device_id: int) -> dict[str, int]:
-    return rig.daemon.manager.devices[device_id]._guard.stats()
+    return rig.daemon.manager.devices[device_id]._ring.stats()
+
+
+def elsewhere(image, nexus: Nexus, *commands: tuple[bytes, bytes]) -> None:
+    """Run PR commands as another gateway would (``tcmu-pr pr exec``): each must be GOOD."""
+    store = open_store(StoreSpec.file(image))
+    try:
+        lu = LogicalUnit(store, serve=False)
+        for cdb, data in commands:
+            assert lu.execute(nexus, cdb, data).status == scsi.GOOD
+    finally:
+        store.close()
 
 
 def test_reservation_on_one_device_fences_the_other_in_the_native_loop(rig, image):
@@ -111,20 +121,19 @@ def test_preempt_delivers_a_unit_attention_to_the_preempted_nexus(rig, image, ac
     assert run_cmd(b, rw10(True, 0, 1), data_out=b"b" * BLOCK).status == scsi.GOOD
 
 
-def test_a_change_by_another_gateway_reaches_the_fast_path(rig, image):
+def test_a_change_by_another_gateway_is_in_force_when_it_returns(rig, image):
     a, b = rig.sim("lu0_a"), rig.sim("lu0_b")
     pr(b, REGISTER, basic_list(0, KEY_B))
-    # A gateway elsewhere (its own slot, same sidecar) registers and reserves for C.
+    handled = rig.daemon.manager.lus[StoreSpec.file(image)].store.peers.handled
+    # A gateway elsewhere registers and reserves for C.  Its GOOD means this daemon already
+    # applied the change: no waiting, no poll interval, the very next command is refused.
     other = Nexus.parse("iqn.1994-05.com.redhat:client-c,i,0x1,iqn.2003-01.org.gw2:c,t,0x1")
-    with FileSlot(image) as slot:
-        cdb, data = prout(REGISTER, basic_list(0, 0xC))
-        assert apply(slot, other, cdb, data).status == scsi.GOOD
-        cdb, data = prout(RESERVE, basic_list(0xC), WE)
-        assert apply(slot, other, cdb, data).status == scsi.GOOD
-    # The watcher (20 ms stat poll) republishes; no command went through this daemon.
-    wait_for(lambda: rig.daemon.manager.devices[2]._verdict & 2 == 0)
+    elsewhere(image, other, prout(REGISTER, basic_list(0, 0xC)),
+              prout(RESERVE, basic_list(0xC), WE))  # fmt: skip
+    assert rig.daemon.manager.devices[2]._verdict & 2 == 0
     assert run_cmd(b, rw10(True, 0, 1), data_out=b"b" * BLOCK).status == scsi.RESERVATION_CONFLICT
     assert run_cmd(a, rw10(True, 0, 1), data_out=b"a" * BLOCK).status == scsi.RESERVATION_CONFLICT
+    assert rig.daemon.manager.lus[StoreSpec.file(image)].store.peers.handled == handled + 2
 
 
 def test_device_without_nexus_refuses_pr_and_runs_as_unregistered(cfg, image, tmp_path):
@@ -138,10 +147,8 @@ def test_device_without_nexus_refuses_pr_and_runs_as_unregistered(cfg, image, tm
         assert run_cmd(x, rw10(True, 0, 1), data_out=b"x" * BLOCK).status == scsi.GOOD
         # Once someone holds a reservation, the unknown nexus is a non-holder.
         holder = Nexus.parse(NEXUS_A)
-        with FileSlot(other) as slot:
-            apply(slot, holder, *prout(REGISTER, basic_list(0, KEY_A)))
-            apply(slot, holder, *prout(RESERVE, basic_list(KEY_A), WE))
-        wait_for(lambda: rig.daemon.manager.devices[3]._verdict & 2 == 0)
+        elsewhere(other, holder, prout(REGISTER, basic_list(0, KEY_A)),
+                  prout(RESERVE, basic_list(KEY_A), WE))  # fmt: skip
         done = run_cmd(x, rw10(True, 0, 1), data_out=b"y" * BLOCK)
         assert done.status == scsi.RESERVATION_CONFLICT
 

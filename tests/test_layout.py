@@ -83,8 +83,8 @@ def test_dev_config_parses_back_to_the_exported_nexus_and_rtpi() -> None:
     by_name = {d.name: d for d in plan.devices}
     for ex in plan.exports:
         cfg = parse_dev_config(by_name[ex.device].config)
-        assert cfg.store == "file:/srv/lu1.img"
-        assert cfg.pr_store == "rbd:rbd/lu1"
+        assert str(cfg.store) == "file:/srv/lu1.img"
+        assert str(cfg.pr_store) == "rbd:rbd/lu1"
         assert cfg.nexus == ex.nexus
         assert cfg.rtpi == ex.port.rtpi
     assert plan.devices[0].config.startswith("tcmu-pr/file//srv/lu1.img;pr_store=rbd/rbd/lu1;")
@@ -128,7 +128,7 @@ def test_topology_rows_are_what_the_daemon_reads() -> None:
     assert len(entries) == 6
     first = entries["user_4/lu1.p1.i1"]
     assert first.nexus == Nexus(C1, "", GW1, "1")
-    assert (first.rtpi, first.store, first.identity) == (1, "file:/srv/lu1.img", "lu1-wwn")
+    assert (first.rtpi, str(first.store), first.identity) == (1, "file:/srv/lu1.img", "lu1-wwn")
     cfg = parse_dev_config(plan.devices[0].config)
     placed = daemon_topology.place("user_4/lu1.p1.i1", cfg.store, cfg.pr_store, cfg.nexus,
                                    cfg.rtpi, entries)

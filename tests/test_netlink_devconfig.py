@@ -13,6 +13,9 @@ from tcmu_pr.netlink.devconfig import (
     split_uio_name,
 )
 from tcmu_pr.nexus import Nexus
+from tcmu_pr.store_spec import StoreSpec
+
+F = StoreSpec.parse
 
 NEXUS = "iqn.1994-05.com.redhat:client1,i,0x23d000001,iqn.2003-01.org.linux-iscsi.gw:rbd,t,0x1"
 
@@ -35,22 +38,22 @@ def test_bad_uio_names(text):
 
 def test_plain_file_and_rbd_configs():
     assert parse_dev_config("tcmu-pr/file:/srv/lu0.img") == DevConfig(
-        "file:/srv/lu0.img", "file:/srv/lu0.img", raw="tcmu-pr/file:/srv/lu0.img"
+        F("file:/srv/lu0.img"), F("file:/srv/lu0.img"), raw="tcmu-pr/file:/srv/lu0.img"
     )
     cfg = parse_dev_config("tcmu-pr/rbd:rbd/disk1")
-    assert (cfg.store, cfg.pr_store) == ("rbd:rbd/disk1", "rbd:rbd/disk1")
+    assert (cfg.store, cfg.pr_store) == (F("rbd:rbd/disk1"), F("rbd:rbd/disk1"))
     # targetcli spells the handler as D-Bus must: tcmu_pr.
-    assert parse_dev_config("tcmu_pr/file:/srv/lu0.img").store == "file:/srv/lu0.img"
+    assert parse_dev_config("tcmu_pr/file:/srv/lu0.img").store == F("file:/srv/lu0.img")
     # rtslib-fb refuses ":" in a config: the slash spelling means the same stores.
     cfg = parse_dev_config("tcmu-pr/file//srv/lu0.img;pr_store=rbd/rbd/disk1")
-    assert (cfg.store, cfg.pr_store) == ("file:/srv/lu0.img", "rbd:rbd/disk1")
-    assert parse_dev_config("tcmu_pr/rbd/rbd/disk1").store == "rbd:rbd/disk1"
+    assert (cfg.store, cfg.pr_store) == (F("file:/srv/lu0.img"), F("rbd:rbd/disk1"))
+    assert parse_dev_config("tcmu_pr/rbd/rbd/disk1").store == F("rbd:rbd/disk1")
 
 
 def test_options():
     cfg = parse_dev_config(f"tcmu-pr/file:/srv/x;pr_store=rbd:p/i;nexus={NEXUS};rtpi=2")
-    assert cfg.store == "file:/srv/x"
-    assert cfg.pr_store == "rbd:p/i"
+    assert cfg.store == F("file:/srv/x")
+    assert cfg.pr_store == F("rbd:p/i")
     assert cfg.nexus == Nexus.parse(NEXUS)
     assert cfg.rtpi == 2
 
@@ -63,9 +66,9 @@ def test_options():
         ("tcmu-pr", errno.ENOENT, "not for handler"),
         ("tcmu-pr/srv/x", errno.EINVAL, "unknown store type"),
         ("tcmu-pr/file:srv/x", errno.EINVAL, "absolute"),
-        ("tcmu-pr/file:/srv/", errno.EINVAL, "absolute"),
-        ("tcmu-pr/rbd:pool", errno.EINVAL, "<pool>/<image>"),
-        ("tcmu-pr/rbd:pool/img@snap", errno.EINVAL, "<pool>/<image>"),
+        ("tcmu-pr/file:/srv/", errno.EINVAL, "of an image file"),
+        ("tcmu-pr/rbd:pool", errno.EINVAL, "rbd:POOL/IMAGE"),
+        ("tcmu-pr/rbd:pool/img@snap", errno.EINVAL, "rbd:POOL/IMAGE"),
         ("tcmu-pr/nfs:/x", errno.EINVAL, "unknown store type"),
         ("tcmu-pr/file:/x;size", errno.EINVAL, "key=value"),
         ("tcmu-pr/file:/x;color=red", errno.EINVAL, "unknown option 'color'"),

@@ -58,7 +58,7 @@ def test_add_reconfig_remove(served, manager, image):
     peer, service = served
     assert peer.add_device(7, f"tcmu-pr/file:{image}", minor=3) == 0
     info = manager.calls[0][1]
-    assert (info.device_id, info.minor, info.name, info.config.store) == (
+    assert (info.device_id, info.minor, info.name, str(info.config.store)) == (
         7,
         3,
         "lu",
@@ -130,6 +130,17 @@ def test_get_and_set_pr_info(served, image):
     assert codec.decode((image.parent / "lu0.img.tcmu-pr").read_bytes()).seq == 1
     assert peer.set_pr_info(1, blob(2)) == 0
     assert peer.get_pr_info(1) == (0, blob(2))
+
+
+def test_set_stores_the_version_the_kernel_sent(served, image):
+    """A state v1 could hold, sent as v2, is read back exactly as sent (not re-chosen)."""
+    peer, _ = served
+    assert peer.add_device(1, f"tcmu-pr/file:{image}") == 0
+    state = PRState(seq=1, generation=1, aptpl=True, registrations=(Registration(0xA, NEXUS),))
+    assert codec.fits_v1(state)
+    as_v2 = codec.encode(state, version=2)[:-1].decode()
+    assert peer.set_pr_info(1, as_v2) == 0
+    assert peer.get_pr_info(1) == (0, as_v2)
 
 
 @pytest.mark.parametrize(

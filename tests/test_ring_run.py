@@ -16,7 +16,7 @@ from ring_support import BLOCK, close_device, make_device, rw10
 
 from tcmu_pr import scsi
 from tcmu_pr.ring.handler import RingHandler
-from tcmu_pr.ring.loop import RingError
+from tcmu_pr.ring.loop import VERDICT_READ, RingError
 from tcmu_pr.ring.simulator import encode_cmd_entry
 
 
@@ -153,14 +153,23 @@ def test_a_corrupt_entry_stops_the_loop_with_ring_error(dev):
     assert [c.status for c in dev.sim.reap()] == [0]  # the good one before it was published
 
 
-def test_wait_idle_waits_for_the_batch_c_is_serving(dev):
-    assert dev.ring.wait_idle(0.01) is True
-    dev.ring._ctx.busy = 7  # as if run() were inside a batch
-    assert dev.ring.wait_idle(0.05) is False
-    threading.Timer(0.05, lambda: setattr(dev.ring._ctx, "busy", 8)).start()
-    t0 = time.monotonic()
-    assert dev.ring.wait_idle(2.0) is True
-    assert 0.03 < time.monotonic() - t0 < 1.5
+def test_drain_waits_for_the_batch_running_when_the_verdict_was_published(dev):
+    dev.ring.publish(VERDICT_READ)
+    assert dev.ring.drain(0.01) is True  # nothing was running
+    dev.ring._ctx.busy = 7  # as if C were inside a batch that read the old verdict
+    dev.ring.publish(0)
+    assert dev.ring.drain(0.05) is False
+    ended = threading.Event()
+
+    def end_batch() -> None:
+        dev.ring._ctx.busy = 8
+        ended.set()
+
+    threading.Timer(0.05, end_batch).start()
+    assert dev.ring.drain(10.0) is True
+    assert ended.is_set()  # returned because the batch ended, not before
+    dev.ring._ctx.busy = 9  # a later batch reads the new verdict: nothing to wait for
+    assert dev.ring.drain(0.01) is True
 
 
 @pytest.mark.parametrize("nonblocking", [True, False])

@@ -1,48 +1,46 @@
-"""Backing stores: where a LU's data and its ``pr_info`` slot live.
+"""Backing stores: where a LU's data, its ``pr_info`` slot and its change watch live.
 
-``open_slot("file:PATH")`` / ``open_slot("rbd:POOL/IMAGE")`` is the only place that knows
-which implementation a store spec names.
+:func:`open_store` is the only place that knows which implementation a
+:class:`~tcmu_pr.store_spec.StoreSpec` names; everything above works on the
+:class:`~tcmu_pr.backends.base.Store` interface.
 """
 
 from __future__ import annotations
 
-from tcmu_pr.backends.base import PRSlot, StoreError
+import errno
 
-SCHEMES = ("file", "rbd")
-
-
-class StoreSpecError(ValueError):
-    """A store spec that names no store: unknown scheme or malformed location."""
+from tcmu_pr.backends.base import Store, StoreError, StoreOptions
+from tcmu_pr.store_spec import StoreSpec
 
 
-def parse_spec(spec: str) -> tuple[str, str]:
-    """Split ``"scheme:location"``; rejects what :func:`open_slot` could never open."""
-    scheme, sep, location = spec.partition(":")
-    if not sep or scheme not in SCHEMES:
-        raise StoreSpecError(f"store {spec!r}: expected file:PATH or rbd:POOL/IMAGE")
-    if not location:
-        raise StoreSpecError(f"store {spec!r}: empty location")
-    if scheme == "rbd":
-        pool, slash, image = location.partition("/")
-        if not slash or not pool or not image:
-            raise StoreSpecError(f"store {spec!r}: expected rbd:POOL/IMAGE")
-    return scheme, location
+def open_store(spec: StoreSpec, options: StoreOptions | None = None) -> Store:
+    """Connect to the store ``spec`` names (nothing is joined, no slot or data opened yet).
 
-
-def open_slot(spec: str) -> PRSlot:
-    """Open the PR slot a store spec names.
-
-    Raises StoreSpecError for a malformed spec and StoreError when the store cannot be opened
-    (missing image, the RBD support not installed, cluster unreachable).
+    Raises StoreError when it cannot be reached: a missing image, RBD support not installed,
+    the cluster unreachable.
     """
-    scheme, location = parse_spec(spec)
-    if scheme == "file":
-        from tcmu_pr.backends.file import FileSlot
+    if spec.is_file:
+        from tcmu_pr.backends.file_store import FileStore
 
-        return FileSlot(location)
+        if not _is_data_file(spec.path):
+            raise StoreError(
+                errno.ENOENT, f"image {spec.path} does not exist or is not a file or block device"
+            )
+        return FileStore(spec, options)
     # Imported lazily: librados is optional and slow to load, file-only hosts never need it.
     try:
-        from tcmu_pr.backends.rbd import open_rbd_slot
+        from tcmu_pr.backends.rbd_store import RbdStore
     except (ImportError, OSError) as err:
-        raise StoreError(f"store {spec!r}: RBD support is unavailable ({err})") from err
-    return open_rbd_slot(location)
+        raise StoreError(errno.ENOENT, f"store {spec}: RBD support is unavailable ({err})") from err
+    return RbdStore(spec, options)
+
+
+def _is_data_file(path: str) -> bool:
+    import os
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) or stat.S_ISBLK(mode)

@@ -1,8 +1,29 @@
-"""The interface every backing store implements for its PR-info slot."""
+"""What every backing store offers: a PR slot, the LU's data, and the change watch.
+
+A :class:`Store` is one process's connection to one named store (``file:`` or ``rbd:``).  It
+hands out the ``pr_info`` slot and the data backend (both opened on first use, so a store used
+only for data creates no PR files, and one used only for PR state opens no image), and it
+makes this process a *participant* of the LU: someone who is told when another participant
+changed the PR state, and who tells them in turn.
+
+The consistency rule every store keeps (docs/consistency.md): a change answers GOOD only once
+every other live participant has applied it (:meth:`Store.confirm_change`).  A participant that
+does not confirm within the store's ack timeout is cut off first — RBD: its RADOS client is
+blocklisted; file: its process is killed — and when it cannot be cut off the caller answers
+CHECK CONDITION.  Only the mechanism differs between stores; the LU above does not know which
+store it runs on.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
+
+from tcmu_pr.store_spec import StoreSpec
+
+#: Seconds a change waits for the other participants before cutting them off.
+DEFAULT_ACK_TIMEOUT = 5.0
 
 
 class StoreError(OSError):
@@ -14,10 +35,6 @@ class PRSlot(Protocol):
 
     The token of the compare-and-swap is the exact bytes last read: a v1 peer (SUSE's
     target_core_rbd) guards its writes the same way, so both kinds of writer interlock.
-
-    A slot shared by gateways on other hosts may also define ``confirm(cdb, outcome) ->
-    Outcome``: the answer to give for a change this thread just stored, once the other
-    gateways have (or have not) acknowledged it.  ``apply`` calls it after every change.
     """
 
     def read(self) -> bytes:
@@ -30,8 +47,6 @@ class PRSlot(Protocol):
         Returns only once ``new`` is durable.  Raises StoreError on I/O failure.
         """
         ...
-
-    def close(self) -> None: ...
 
 
 class DataBackend(Protocol):
@@ -66,3 +81,87 @@ class DataBackend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """How a process takes part in a store; the daemon's [store] section, the CLI's flags."""
+
+    #: Seconds a change waits for every other participant's acknowledgement.
+    ack_timeout: float = DEFAULT_ACK_TIMEOUT
+    #: Cut off a participant that did not acknowledge (else the change answers CHECK
+    #: CONDITION and the participant keeps running).
+    fence: bool = True
+    #: RBD: ceph.conf path (None: $CEPH_CONF, then librados' search) and client id
+    #: (None: $CEPH_ID, then "admin").
+    ceph_conf: str | None = None
+    ceph_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    """How the other participants took one change (:meth:`Store.confirm_change`)."""
+
+    told: int = 0  # participants (other than us) the change was announced to
+    acked: int = 0  # ... that acknowledged in time
+    fenced: tuple[str, ...] = ()  # silent ones, cut off before the answer
+    failed: tuple[str, ...] = ()  # silent ones that could not be cut off
+
+    @property
+    def ok(self) -> bool:
+        """Every participant either applied the change or can no longer serve."""
+        return not self.failed
+
+
+#: Called (on a store thread) when another participant changed the PR state.  It returns
+#: True once this process applies the new state everywhere; the acknowledgement is sent only
+#: then.  False withholds it (the changer then cuts us off: that is the point).
+ChangeHandler = Callable[[], bool]
+#: Called (on a store thread) when this process was cut off or lost its watch: everything it
+#: cached about the PR state is now suspect.  The argument says why, for the log.
+LossHandler = Callable[[str], None]
+
+
+class Store(Protocol):
+    """One process's connection to one store; see the module docstring."""
+
+    spec: StoreSpec
+    options: StoreOptions
+
+    def slot(self) -> PRSlot:
+        """The LU's ``pr_info`` slot (opened on first call; the same object afterwards)."""
+        ...
+
+    def data(self) -> DataBackend:
+        """The LU's data (opened on first call; the same object afterwards)."""
+        ...
+
+    def join(self, on_change: ChangeHandler, on_loss: LossHandler) -> None:
+        """Become a participant: hear other participants' changes until :meth:`close`.
+
+        The caller must read the PR state *after* this returns: a change that lands after
+        the join is announced to us, one that landed before is in what we read.
+        """
+        ...
+
+    def confirm_change(self) -> Confirmation:
+        """Tell every other participant that the PR state changed; wait for their acks
+        (bounded by ``options.ack_timeout``) and cut off the silent ones (if
+        ``options.fence``).  Never raises: a failure is in the result."""
+        ...
+
+    def still_current(self) -> bool:
+        """Whether this process can vouch that it missed no change announcement since its
+        last check without any I/O (RBD: the watch was confirmed recently and no announcement
+        is being handled; file: always, a frozen file participant is killed, not trusted)."""
+        ...
+
+    @property
+    def lease(self) -> float | None:
+        """Seconds a verdict may be used without asking :meth:`still_current` again; None
+        when the store needs no lease (file)."""
+        ...
+
+    def close(self) -> None:
+        """Leave (stop hearing changes), close the slot and the data."""
+        ...

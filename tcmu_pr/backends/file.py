@@ -51,18 +51,12 @@ def _describe(err: OSError) -> str:
 
 
 class FileSlot:
-    """The ``pr_info`` slot of one image file; knows nothing of the blob's format.
+    """The ``pr_info`` slot of one image file; knows nothing of the blob's format."""
 
-    ``guard=False`` turns the compare of :meth:`compare_and_swap` off (the write path, lock and
-    fsyncs stay the same).  It exists only so that the concurrency test and the benchmark can
-    show what a plain read-modify-write loses; never use it to serve a LU.
-    """
-
-    def __init__(self, image: str | os.PathLike[str], *, guard: bool = True) -> None:
+    def __init__(self, image: str | os.PathLike[str]) -> None:
         self.image = Path(image)
         self.path = sidecar_path(self.image)
         self.lock_path = Path(f"{os.fspath(self.image)}{LOCK_SUFFIX}")
-        self.guard = guard
         # flock is per open file description: threads sharing this slot's fd would all "own"
         # the lock, so they queue on a thread lock first.
         self._thread_lock = threading.Lock()
@@ -97,7 +91,7 @@ class FileSlot:
     def compare_and_swap(self, expected: bytes, new: bytes) -> bool:
         """Store ``new`` if the sidecar still holds ``expected``; True once it is durable."""
         with self._thread_lock, self._locked():
-            if self.guard and self.read() != expected:
+            if self.read() != expected:
                 return False
             self._replace(new)
             return True

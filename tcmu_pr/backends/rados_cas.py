@@ -51,10 +51,18 @@ void rados_ioctx_destroy(rados_ioctx_t io);
 int rados_getxattr(rados_ioctx_t io, const char *o, const char *name, char *buf, size_t len);
 int rados_setxattr(rados_ioctx_t io, const char *o, const char *name, const char *buf,
                    size_t len);
+int rados_rmxattr(rados_ioctx_t io, const char *o, const char *name);
+typedef void *rados_xattrs_iter_t;
+int rados_getxattrs(rados_ioctx_t io, const char *oid, rados_xattrs_iter_t *iter);
+int rados_getxattrs_next(rados_xattrs_iter_t iter, const char **name, const char **val,
+                         size_t *len);
+void rados_getxattrs_end(rados_xattrs_iter_t iter);
+int rados_blocklist_add(rados_t cluster, char *client_address, uint32_t expire_seconds);
 
 rados_write_op_t rados_create_write_op(void);
 void rados_release_write_op(rados_write_op_t write_op);
 void rados_write_op_assert_exists(rados_write_op_t write_op);
+void rados_write_op_create(rados_write_op_t write_op, int exclusive, const char *category);
 void rados_write_op_cmpxattr(rados_write_op_t write_op, const char *name,
                              uint8_t comparison_operator, const char *value, size_t value_len);
 void rados_write_op_setxattr(rados_write_op_t write_op, const char *name, const char *value,
@@ -83,6 +91,9 @@ int rbd_close(rbd_image_t image);
 """
 
 LIBRADOS_CMPXATTR_OP_EQ = 1
+LIBRADOS_CREATE_IDEMPOTENT = 0
+#: What librados returns to a blocklisted client (EBLOCKLISTED is ESHUTDOWN in Ceph).
+EBLOCKLISTED = errno.ESHUTDOWN
 
 ffi = cffi.FFI()
 ffi.cdef(_CDEF)
@@ -162,6 +173,12 @@ def parse_notify_reply(
     return tuple(acks), tuple(timeouts)
 
 
+def _split_addrs(addrs: str) -> list[str]:
+    """``rados_getaddrs`` may give one address or a vector ``[v2:a/n,v1:b/n]``."""
+    text = addrs.strip().removeprefix("[").removesuffix("]")
+    return [a for a in (part.strip() for part in text.split(",")) if a]
+
+
 #: Called as on_notify(notify_id, cookie, notifier_gid, payload) on a librados thread.
 NotifyCallback = Callable[[int, int, int, bytes], None]
 #: Called as on_error(cookie, negative errno) on a librados thread.
@@ -172,7 +189,9 @@ class Cluster:
     """One librados client connection (one ``client.<id>`` instance, one gid).
 
     ``op_timeout`` bounds every monitor and OSD operation (seconds), so a dead cluster turns
-    into a StoreError (ETIMEDOUT) instead of a hung command.
+    into a StoreError (ETIMEDOUT) instead of a hung command.  ``tick`` (seconds) is how often
+    librados pings its watches (objecter_tick_interval, 5 s by default): rados_watch_check
+    can only vouch for a watch as recently as its last ping.
     """
 
     def __init__(
@@ -181,6 +200,7 @@ class Cluster:
         client_id: str | None = None,
         *,
         op_timeout: float = 30,
+        tick: float | None = None,
     ) -> None:
         lib = _rados()
         conf = conf if conf is not None else os.environ.get("CEPH_CONF")
@@ -200,6 +220,9 @@ class Cluster:
                     lib.rados_conf_set(self._handle, opt.encode(), b"%d" % math.ceil(op_timeout)),
                     f"setting {opt}",
                 )
+            if tick is not None:
+                rc = lib.rados_conf_set(self._handle, b"objecter_tick_interval", b"%g" % tick)
+                _check(rc, "setting objecter_tick_interval")
             _check(lib.rados_connect(self._handle), f"connecting as client.{client_id}")
         except BaseException:
             lib.rados_shutdown(self._handle)
@@ -226,6 +249,19 @@ class Cluster:
         if self._handle is None:
             raise StoreError(errno.EBADF, "rados connection is shut down")
         return self._handle
+
+    def blocklist(self, addrs: str, expire: int = 3600) -> None:
+        """Blocklist a client address (``osd blocklist add``) and wait until this client has
+        the OSD map that says so: from then on no OSD serves that client.  Needs the mon cap
+        ``profile rbd`` (or ``allow command "osd blocklist"``)."""
+        for addr in _split_addrs(addrs):
+            rc = _rados().rados_blocklist_add(self._live(), addr.encode(), expire)
+            _check(rc, f"blocklisting {addr}")
+
+    @property
+    def handle(self) -> int:
+        """The ``rados_t`` as an integer, for native code sharing this connection."""
+        return int(ffi.cast("uintptr_t", self._live()))
 
     def open_ioctx(self, pool: str) -> IoCtx:
         io = ffi.new("rados_ioctx_t *")
@@ -280,9 +316,49 @@ class IoCtx:
             return bytes(ffi.buffer(buf, rc))
 
     def setxattr(self, oid: str, name: str, value: bytes) -> None:
-        """Unconditional write (tests and the unguarded control only)."""
+        """Unconditional write (a participant's own registry entry; tests)."""
         rc = _rados().rados_setxattr(self._live(), oid.encode(), name.encode(), value, len(value))
         _check(rc, f"setxattr {self.pool}/{oid} {name}")
+
+    def rmxattr(self, oid: str, name: str) -> None:
+        """Remove an xattr; one that is already gone is fine."""
+        rc = _rados().rados_rmxattr(self._live(), oid.encode(), name.encode())
+        if rc != -errno.ENODATA:
+            _check(rc, f"rmxattr {self.pool}/{oid} {name}")
+
+    def xattrs(self, oid: str) -> dict[str, bytes]:
+        """Every xattr of ``oid`` (name -> value)."""
+        lib = _rados()
+        it = ffi.new("rados_xattrs_iter_t *")
+        _check(lib.rados_getxattrs(self._live(), oid.encode(), it), f"getxattrs {self.pool}/{oid}")
+        out: dict[str, bytes] = {}
+        name, val, n = ffi.new("char **"), ffi.new("char **"), ffi.new("size_t *")
+        try:
+            while True:
+                _check(lib.rados_getxattrs_next(it[0], name, val, n), "getxattrs_next")
+                if name[0] == ffi.NULL:
+                    return out
+                out[ffi.string(name[0]).decode()] = bytes(ffi.buffer(val[0], n[0]))
+        finally:
+            lib.rados_getxattrs_end(it[0])
+
+    def create(self, oid: str) -> None:
+        """Create ``oid`` empty if it does not exist (idempotent)."""
+        lib = _rados()
+        op = lib.rados_create_write_op()
+        if op == ffi.NULL:
+            raise StoreError(errno.ENOMEM, "rados_create_write_op failed")
+        try:
+            lib.rados_write_op_create(op, LIBRADOS_CREATE_IDEMPOTENT, ffi.NULL)
+            rc = lib.rados_write_op_operate(op, self._live(), oid.encode(), ffi.NULL, 0)
+        finally:
+            lib.rados_release_write_op(op)
+        _check(rc, f"create {self.pool}/{oid}")
+
+    @property
+    def handle(self) -> int:
+        """The ``rados_ioctx_t`` as an integer, for native code sharing this context."""
+        return int(ffi.cast("uintptr_t", self._live()))
 
     def compare_and_set_xattr(self, oid: str, name: str, expected: bytes, new: bytes) -> bool:
         """One write op: object exists + xattr == expected + set xattr. False on a lost race.

@@ -35,23 +35,38 @@ def _check(rc: int, what: str) -> int:
 
 
 class RbdImage:
-    """One open RBD image; every call is synchronous and thread-safe (librbd's guarantee)."""
+    """One open RBD image; every call is synchronous and thread-safe (librbd's guarantee).
+
+    ``ioctx``: an open ``rados_ioctx_t`` (as an integer, see rados_cas.IoCtx.handle) to open
+    the image on, sharing that RADOS client (what a gateway does: rbd_store.py); without it the
+    image gets a connection of its own (config from ``conf``/$CEPH_CONF, id from
+    ``client_id``/$CEPH_ID/admin).
+    """
 
     def __init__(
-        self, pool: str, image: str, *, conf: str | None = None, client_id: str | None = None
+        self,
+        pool: str,
+        image: str,
+        *,
+        conf: str | None = None,
+        client_id: str | None = None,
+        ioctx: int | None = None,
     ) -> None:
         self._mod = native_module()
         ffi, lib = self._mod.ffi, self._mod.lib
-        conf = conf if conf is not None else os.environ.get("CEPH_CONF")
-        client_id = client_id or os.environ.get("CEPH_ID") or "admin"
         out = ffi.new("struct rbd_io **")
-        rc = lib.rbd_io_open(
-            pool.encode(),
-            image.encode(),
-            conf.encode() if conf else ffi.NULL,
-            client_id.encode(),
-            out,
-        )
+        if ioctx is not None:
+            rc = lib.rbd_io_open_ioctx(ioctx, image.encode(), out)
+        else:
+            conf = conf if conf is not None else os.environ.get("CEPH_CONF")
+            client_id = client_id or os.environ.get("CEPH_ID") or "admin"
+            rc = lib.rbd_io_open(
+                pool.encode(),
+                image.encode(),
+                conf.encode() if conf else ffi.NULL,
+                client_id.encode(),
+                out,
+            )
         _check(rc, f"opening rbd image {pool}/{image}")
         self._io = out[0]
         self._pins = 0

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tcmu_pr.backends.base import DEFAULT_ACK_TIMEOUT, StoreOptions
+
 DEFAULT_PATH = Path("/etc/tcmu-pr/tcmu-pr.conf")
 DEFAULT_TOPOLOGY = Path("/etc/tcmu-pr/topology.json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -37,9 +39,6 @@ class DaemonConfig:
     ring: str = "auto"
     #: [daemon] block_size: logical block size of every device (LIO's hw_block_size).
     block_size: int = 512
-    #: [daemon] store_poll_ms: how often a file store's sidecar is checked for changes
-    #: made by other gateways (stat only; the blob is read when it changed).
-    store_poll_ms: int = 100
     #: [daemon] ring_poll_ms: longest a device thread sleeps before checking for shutdown.
     ring_poll_ms: int = 200
     #: [daemon] devices: globs selecting the TCMU devices this daemon serves (backstore
@@ -50,6 +49,25 @@ class DaemonConfig:
     dbus: bool = True
     #: [dbus] address: a D-Bus address; empty means the system bus.
     dbus_address: str = ""
+    #: [store] ack_timeout_ms: how long a PR change waits for every other gateway serving the
+    #: LU to acknowledge it before cutting the silent ones off (docs/consistency.md).
+    ack_timeout_ms: int = int(DEFAULT_ACK_TIMEOUT * 1000)
+    #: [store] fence: cut off a gateway that did not acknowledge (file: kill its daemon;
+    #: RBD: blocklist its client); false: answer the change CHECK CONDITION instead.
+    fence: bool = True
+    #: [store] ceph_conf / ceph_id: RBD stores' ceph.conf and client id (empty: $CEPH_CONF /
+    #: librados' search, and $CEPH_ID / "admin").  One id per gateway, e.g. "gw1".
+    ceph_conf: str = ""
+    ceph_id: str = ""
+
+    @property
+    def store_options(self) -> StoreOptions:
+        return StoreOptions(
+            ack_timeout=self.ack_timeout_ms / 1000,
+            fence=self.fence,
+            ceph_conf=self.ceph_conf or None,
+            ceph_id=self.ceph_id or None,
+        )
 
 
 # file section -> {key: DaemonConfig field}
@@ -59,11 +77,16 @@ _KEYS: dict[str, dict[str, str]] = {
         "log_level": "log_level",
         "ring": "ring",
         "block_size": "block_size",
-        "store_poll_ms": "store_poll_ms",
         "ring_poll_ms": "ring_poll_ms",
         "devices": "devices",
     },
     "dbus": {"enabled": "dbus", "address": "dbus_address"},
+    "store": {
+        "ack_timeout_ms": "ack_timeout_ms",
+        "fence": "fence",
+        "ceph_conf": "ceph_conf",
+        "ceph_id": "ceph_id",
+    },
 }
 
 
@@ -92,7 +115,9 @@ def parse(text: str, *, source: str = "<config>") -> DaemonConfig:
     for section, body in doc.items():
         keys = _KEYS.get(section)
         if keys is None:
-            raise ConfigError(f"{source}: unknown section [{section}] (known: daemon, dbus)")
+            raise ConfigError(
+                f"{source}: unknown section [{section}] (known: {', '.join(_KEYS)})"
+            )
         if not isinstance(body, dict):
             raise ConfigError(f"{source}: {section} must be a [section]")
         for key, value in body.items():
@@ -118,19 +143,28 @@ def _check(where: str, name: str, value: Any) -> Any:
         if type(value) is not int or value not in BLOCK_SIZES:
             raise ConfigError(f"{where} must be one of {', '.join(map(str, BLOCK_SIZES))}")
         return value
-    if name in ("store_poll_ms", "ring_poll_ms"):
+    if name == "ring_poll_ms":
         if type(value) is not int or not 10 <= value <= 10_000:
             raise ConfigError(f"{where} must be an integer from 10 to 10000")
+        return value
+    if name == "ack_timeout_ms":
+        # the OSD counts notify timeouts in whole seconds: at least one
+        if type(value) is not int or not 1000 <= value <= 300_000:
+            raise ConfigError(f"{where} must be an integer from 1000 to 300000")
+        return value
+    if name == "ceph_conf":
+        if not isinstance(value, str) or (value and not value.startswith("/")):
+            raise ConfigError(f"{where} must be an absolute path (or empty)")
         return value
     if name == "devices":
         if not isinstance(value, list) or not all(isinstance(g, str) and g for g in value):
             raise ConfigError(f"{where} must be a list of non-empty glob strings")
         return tuple(value)
-    if name == "dbus":
+    if name in ("dbus", "fence"):
         if type(value) is not bool:
             raise ConfigError(f"{where} must be true or false")
         return value
-    if not isinstance(value, str):  # dbus_address
+    if not isinstance(value, str):  # dbus_address, ceph_id
         raise ConfigError(f"{where} must be a string")
     return value
 

@@ -74,15 +74,14 @@ def check_config(config: str) -> tuple[bool, str]:
     except ConfigError as err:
         return False, str(err)
     for spec in dict.fromkeys((parsed.store, parsed.pr_store)):
-        scheme, _, where = spec.partition(":")
-        if scheme != "file":
+        if not spec.is_file:
             continue
         try:
-            mode = os.stat(where).st_mode
+            mode = os.stat(spec.path).st_mode
         except OSError as err:
-            return False, f"{where}: {err.strerror}"
+            return False, f"{spec.path}: {err.strerror}"
         if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
-            return False, f"{where} is neither a regular file nor a block device"
+            return False, f"{spec.path} is neither a regular file nor a block device"
     return True, "success"
 
 

@@ -1,25 +1,31 @@
-"""The daemon's DeviceManager: one TCMU device = data backend + ring loop + PR hooks + thread.
+"""The daemon's DeviceManager: one TCMU device = ring loop + emulator + PR hooks + thread.
 
 On ADDED_DEVICE the netlink service calls :meth:`DeviceManager.open_device`; we place the
-device (topology.py), open its data file, map its ring (rings.py), join it to its LU
-(lu.py), and start one thread that waits on the ring and serves it.  One thread per ring:
-the kernel answers each ring in order anyway, a slow command on one LU never stalls
+device (topology.py), take its stores, map its ring (rings.py), join it to its LU
+(tcmu_pr/lu.py), and start one thread that waits on the ring and serves it.  One thread per
+ring: the kernel answers each ring in order anyway, a slow command on one LU never stalls
 another, and the native loop releases the GIL while it moves data.
 
-PR wiring of a device (docs/daemon.md has the why):
+Ownership, so that each store has one connection per daemon:
 
-- PR IN/OUT, RESERVE/RELEASE: ``apply(slot, nexus, ...)`` on the LU's slot, then the LU
-  re-reads its state and republishes the verdict of every local device before the command's
-  status is returned, so a PREEMPT's GOOD is never seen before the preempted device's
-  fast path refuses writes.  After a PREEMPT AND ABORT that landed, we also wait for the
-  batch each other local device of the LU is running to finish (bounded): commands of the
-  preempted nexus that were already inside the native loop complete normally, everything
-  after that sees the unit attention, then RESERVATION CONFLICT.
+- **stores**: one :class:`~tcmu_pr.backends.base.Store` per store spec, shared (counted) by
+  every device whose data lives there and by the LU whose PR state lives there;
+- **LUs**: one :class:`~tcmu_pr.lu.LogicalUnit` per PR store spec, shared by its devices and
+  by the netlink GET/SET_PR_INFO service;
+- **devices**: borrow the data backend and the LU; own their ring, emulator and thread.
+
+PR wiring of a device (docs/daemon.md, docs/consistency.md):
+
+- PR IN/OUT, RESERVE/RELEASE: ``lu.execute(nexus, ...)``; a change answers GOOD only once
+  every local device and every other gateway enforce it (the LU's rule).
 - Unit attentions: the verdict's UA bit makes the loop punt; the handler takes the UA out of
-  the shared state with ``apply_update`` and answers CHECK CONDITION / UNIT ATTENTION.
+  the shared state (``lu.take_unit_attention``) and answers CHECK CONDITION / UNIT ATTENTION.
 - A device with no known nexus answers PR commands with CHECK CONDITION (HARDWARE ERROR,
   LOGICAL UNIT COMMUNICATION FAILURE) and runs data commands as an unregistered
   non-holder would.
+- When another gateway cut this one off (RBD: blocklisted), the LU's devices refuse every
+  command (NOT READY) while the manager reconnects: their rings stop, the store is reopened
+  with a new client, the state re-read, and the rings rebuilt on the new connection.
 """
 
 from __future__ import annotations
@@ -29,46 +35,41 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tcmu_pr import engine, scsi
-from tcmu_pr.apply import ApplyError, apply, apply_update
-from tcmu_pr.backends.base import PRSlot, StoreError
+from tcmu_pr import scsi
+from tcmu_pr.apply import ApplyError
+from tcmu_pr.backends.base import DataBackend, Store, StoreError, StoreOptions
 from tcmu_pr.backends.file_data import FileDataBackend
 from tcmu_pr.daemon import topology
 from tcmu_pr.daemon.config import DaemonConfig
-from tcmu_pr.daemon.lu import LogicalUnit
 from tcmu_pr.daemon.rings import RingEndpoint, RingSource, UioRingSource, make_ring
 from tcmu_pr.emulation import DeviceConfigError, Emulator
 from tcmu_pr.emulation import DeviceInfo as EmuDevice
+from tcmu_pr.lu import LogicalUnit, PRInfoRefused
 from tcmu_pr.netlink.devconfig import DevConfig, DeviceInfo
 from tcmu_pr.netlink.service import DeviceError, Reconfig
 from tcmu_pr.nexus import Nexus
 from tcmu_pr.ring.handler import PRHooks, Reply, RingHandler
 from tcmu_pr.ring.loop import RingError, RingLoop
-from tcmu_pr.state import PRState, UnitAttention
-
-if TYPE_CHECKING:  # librbd is loaded only for LUs that live on RBD
-    from tcmu_pr.backends.rbd_data import RbdImage
-    from tcmu_pr.ring.rbd_backend import RbdRingBackend
+from tcmu_pr.store_spec import StoreSpec
 
 log = logging.getLogger(__name__)
 
-PREEMPT_AND_ABORT = 0x05
-#: Longest a PREEMPT AND ABORT waits for another device's running batch (two of them
-#: waiting on each other's devices at once would otherwise deadlock).
-BARRIER_TIMEOUT = 2.0
 _NO_NEXUS = scsi.LOGICAL_UNIT_COMMUNICATION_FAILURE
+#: Seconds between attempts to reconnect a LU that was cut off.
+RECONNECT_DELAY = 1.0
 
-SlotOpener = Callable[[str], PRSlot]
+StoreOpener = Callable[[StoreSpec, StoreOptions], Store]
 
 
-def _default_open_slot(spec: str) -> PRSlot:
-    from tcmu_pr.backends import open_slot
+def _default_open_store(spec: StoreSpec, options: StoreOptions) -> Store:
+    from tcmu_pr.backends import open_store
 
-    return open_slot(spec)
+    return open_store(spec, options)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,37 +82,16 @@ class Params:
     write_cache: bool
 
 
-class _GuardedRing:
-    """The device's RingLoop as the handler sees it.
+class _LURing:
+    """The device's ring as the handler sees it: the verdict word has one writer, the LU.
 
-    Two jobs: (1) the verdict word has one writer, the LU, under its lock: the handler's own
-    ``ring.verdict = ...`` only asks the LU to republish, so a value computed before a state
-    change can never land after it; (2) a lock spans each batch (process() up to commit()),
-    which is what a PREEMPT AND ABORT on another device waits for.
+    The handler's own ``ring.verdict = ...`` only asks the LU to republish, so a value
+    computed before a state change can never land after it.  Everything else passes through.
     """
 
     def __init__(self, ring: RingLoop, republish: Callable[[], None]) -> None:
         self.ring = ring
         self._republish = republish
-        self.batch = threading.Lock()
-        self._held = False
-        # The C serve loop (NativeRing.run), when the ring has one: RingHandler.run uses it.
-        if hasattr(ring, "run"):
-            self.run = self._run
-
-    def _run(self, wait_fd: int, event_size: int, timeout_ms: int) -> list[int]:
-        """The ring's own serve loop; punted entries start a batch, as process() does.
-        While C serves, the batch lock is free: wait_idle() covers that part."""
-        entries = self.ring.run(wait_fd, event_size, timeout_ms)  # type: ignore[attr-defined]
-        if entries:
-            self.batch.acquire()
-            self._held = True
-        return entries
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait for commands the C serve loop is answering right now (none: True)."""
-        wait = getattr(self.ring, "wait_idle", None)
-        return True if wait is None else wait(timeout)
 
     @property
     def verdict(self) -> int:
@@ -121,43 +101,8 @@ class _GuardedRing:
     def verdict(self, _value: int) -> None:
         self._republish()
 
-    def process(self) -> list[int]:
-        self.batch.acquire()
-        self._held = True
-        try:
-            entries = self.ring.process()
-        except BaseException:
-            self.release()
-            raise
-        if not entries:
-            self.release()
-        return entries
-
-    def commit(self) -> None:
-        try:
-            self.ring.commit()
-        finally:
-            self.release()
-
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            self.batch.release()
-
-    def cdb(self, entry_off: int) -> bytes:
-        return self.ring.cdb(entry_off)
-
-    def data_out(self, entry_off: int) -> bytes:
-        return self.ring.data_out(entry_off)
-
-    def complete(self, entry_off: int, status: int, sense: bytes | None, data: bytes | None) -> int:
-        return self.ring.complete(entry_off, status, sense, data)
-
-    def stats(self) -> dict[str, int]:
-        return self.ring.stats()
-
-    def close(self) -> None:
-        self.ring.close()
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ring, name)
 
 
 class Device:
@@ -169,7 +114,7 @@ class Device:
         params: Params,
         lu: LogicalUnit,
         endpoint: RingEndpoint,
-        data: FileDataBackend,
+        data: DataBackend,
         cfg: DaemonConfig,
     ) -> None:
         self.info = info
@@ -181,8 +126,9 @@ class Device:
         self.cfg = cfg
         self.failed: BaseException | None = None
         self._verdict = 0
+        self._lease = 0
         self._ring_fd = -1
-        self._guard: _GuardedRing | None = None
+        self._ring: RingLoop | None = None
         self._handler: RingHandler | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -218,12 +164,12 @@ class Device:
         if isinstance(self.data, FileDataBackend):
             # Write-through promised (WCE=0): the fast path's writes must be durable at GOOD.
             flags = os.O_RDWR | os.O_CLOEXEC | (0 if p.write_cache else os.O_DSYNC)
-            fd = os.open(_data_path(p.config), flags)
-            ring_backend: int | RbdRingBackend = fd
+            fd = os.open(p.config.store.path, flags)
+            ring_backend: Any = fd
         else:  # librbd acknowledges a write once the OSDs have it
             from tcmu_pr.ring.rbd_backend import RbdRingBackend
 
-            ring_backend = RbdRingBackend(self.data)
+            ring_backend = RbdRingBackend(self.data)  # type: ignore[arg-type]
         try:
             ring = make_ring(
                 self.cfg.ring,
@@ -238,15 +184,18 @@ class Device:
                 os.close(fd)
             raise
         self._ring_fd = fd
-        self._guard = _GuardedRing(ring, lambda: self.lu.republish(self))
+        self._ring = ring
+        ring.publish(self._verdict, self._lease)
         hooks = PRHooks(
             execute=self._pr_execute,
             allowed=lambda cdb: self.lu.allowed(self.nexus, cdb),
             take_unit_attention=self._take_unit_attention,
             verdict=lambda: self._verdict,
+            current=lambda: self.lu.current(),
+            admit=lambda: self.lu.inflight.admit(),
         )
         self._handler = RingHandler(
-            self._guard,
+            _LURing(ring, lambda: self.lu.republish(self)),  # type: ignore[arg-type]
             self.endpoint.wait_fd,
             emulate=Emulator(emu, self.data).emulate,
             pr=hooks,
@@ -267,17 +216,17 @@ class Device:
 
     def teardown(self) -> None:
         """Close the ring loop and its data fd (after stop())."""
-        if self._guard is not None:
-            self._guard.close()
-            self._guard = None
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
         self._handler = None
         if self._ring_fd >= 0:
             os.close(self._ring_fd)
             self._ring_fd = -1
 
     def _run(self) -> None:
-        handler, guard = self._handler, self._guard
-        assert handler is not None and guard is not None
+        handler = self._handler
+        assert handler is not None
         try:
             handler.run(self._stop.is_set, self.cfg.ring_poll_ms / 1000)
         except RingError as err:
@@ -291,26 +240,18 @@ class Device:
         except Exception as err:  # a bug: stop this device, keep the daemon
             self.failed = err
             log.exception("device %s: ring thread failed", self.name)
-        finally:
-            guard.release()
 
-    # -- the LU's side -------------------------------------------------------------------
+    # -- the LU's side (tcmu_pr.lu.Member) ------------------------------------------------
 
-    def publish_verdict(self, word: int) -> None:
+    def publish_verdict(self, word: int, lease_deadline_ms: int) -> None:
         """Called by the LU, under its lock: the only writer of the ring's verdict word."""
-        self._verdict = word
-        if self._guard is not None:
-            self._guard.ring.verdict = word
+        self._verdict, self._lease = word, lease_deadline_ms
+        if self._ring is not None:
+            self._ring.publish(word, lease_deadline_ms)
 
-    def wait_batch(self, timeout: float) -> bool:
-        """Wait until the batch this device's thread runs (if any) is over."""
-        guard = self._guard
-        if guard is None:
-            return True
-        if not guard.batch.acquire(timeout=timeout):
-            return False
-        guard.batch.release()
-        return guard.wait_idle(timeout)
+    def drain(self, timeout: float) -> bool:
+        ring = self._ring
+        return True if ring is None else ring.drain(timeout)
 
     # -- PR hooks (called on this device's ring thread) ----------------------------------
 
@@ -329,65 +270,29 @@ class Device:
         nexus = self.nexus
         if nexus is None:
             return self._refuse_no_nexus(cdb)
-        outcome = apply(self.lu.slot, nexus, cdb, data, rtpi=self.rtpi)
-        self.lu.refresh()
-        if (
-            outcome.status == scsi.GOOD
-            and cdb[0] == scsi.PERSISTENT_RESERVE_OUT
-            and len(cdb) > 1
-            and cdb[1] & 0x1F == PREEMPT_AND_ABORT
-        ):
-            self._abort_barrier()
+        outcome = self.lu.execute(nexus, cdb, data, rtpi=self.rtpi)
         return outcome.status, outcome.sense, outcome.data
-
-    def _abort_barrier(self) -> None:
-        for other in self.lu.others(self.device_id):
-            if not other.wait_batch(BARRIER_TIMEOUT):
-                log.warning(
-                    "PREEMPT AND ABORT on %s: device %s still busy after %.1f s",
-                    self.name,
-                    other.device_id,
-                    BARRIER_TIMEOUT,
-                )
 
     def _take_unit_attention(self) -> bytes | None:
         nexus = self.nexus
         if nexus is None:
             return None
-        taken: list[UnitAttention | None] = [None]
-
-        def take(state: PRState) -> PRState:
-            new, taken[0] = engine.take_unit_attention(state, nexus)
-            return new
-
         try:
-            apply_update(self.lu.slot, take)
+            ua = self.lu.take_unit_attention(nexus)
         except (ApplyError, StoreError) as err:
             # The UA stays queued; this command fails rather than run without it.
             log.error("device %s: cannot deliver a unit attention: %s", self.name, err)
-            self.lu.refresh()
             return _NO_NEXUS.to_bytes()
-        self.lu.refresh()
-        ua = taken[0]
         if ua is None:
             return None
         log.info("device %s: unit attention %02x/%02x delivered", self.name, ua.asc, ua.ascq)
         return scsi.Sense(scsi.UNIT_ATTENTION, ua.asc, ua.ascq).to_bytes()
 
 
-def _data_path(config: DevConfig) -> str:
-    return config.store.partition(":")[2]
-
-
-def _open_data(config: DevConfig) -> FileDataBackend | RbdImage:
-    """The LU's data, by store type: a file, or an RBD image through librbd."""
-    scheme, _, where = config.store.partition(":")
-    if scheme == "file":
-        return FileDataBackend(where)
-    from tcmu_pr.backends.rbd_data import RbdImage
-
-    pool, _, image = where.partition("/")
-    return RbdImage(pool, image)
+@dataclass(slots=True)
+class _Held:
+    store: Store
+    users: int = 0
 
 
 class DeviceManager:
@@ -398,31 +303,80 @@ class DeviceManager:
         cfg: DaemonConfig,
         *,
         ring_source: RingSource | None = None,
-        open_slot: SlotOpener = _default_open_slot,
+        open_store: StoreOpener = _default_open_store,
     ) -> None:
         self.cfg = cfg
         self.ring_source = ring_source or UioRingSource()
-        self.open_slot = open_slot
+        self.open_store = open_store
         self.devices: dict[int, Device] = {}
-        self.lus: dict[str, LogicalUnit] = {}
-        self._lock = threading.Lock()
+        self.lus: dict[StoreSpec, LogicalUnit] = {}
+        self.stores: dict[StoreSpec, _Held] = {}
+        # Structure (devices, LUs, stores) changes under this lock: netlink's thread and a
+        # reconnecting LU's thread both change it.
+        self._lock = threading.RLock()
+        self._closing = False
+
+    # -- stores and LUs -------------------------------------------------------------------
+
+    def _acquire(self, spec: StoreSpec) -> Store:
+        held = self.stores.get(spec)
+        if held is None:
+            try:
+                store = self.open_store(spec, self.cfg.store_options)
+            except StoreError as err:
+                raise DeviceError(err.errno or errno.EIO, f"store {spec}: {err}") from err
+            held = self.stores[spec] = _Held(store)
+        held.users += 1
+        return held.store
+
+    def _release(self, spec: StoreSpec) -> None:
+        held = self.stores.get(spec)
+        if held is None:
+            return
+        held.users -= 1
+        if held.users <= 0:
+            del self.stores[spec]
+            held.store.close()
+
+    def _lu_for(self, spec: StoreSpec) -> LogicalUnit:
+        lu = self.lus.get(spec)
+        if lu is None:
+            store = self._acquire(spec)
+            try:
+                lu = LogicalUnit(store, on_loss=self._on_loss)
+            except BaseException:
+                self._release(spec)
+                raise
+            self.lus[spec] = lu
+        return lu
+
+    def _drop_lu_if_unused(self, lu: LogicalUnit) -> None:
+        if not lu.members and self.lus.get(lu.spec) is lu:
+            del self.lus[lu.spec]
+            lu.close()
+            self._release(lu.spec)
 
     # -- DeviceManager protocol ------------------------------------------------------------
 
-    def open_device(self, info: DeviceInfo, slot: PRSlot) -> None:
-        """Serve ``info``'s ring; ``slot`` is the service's (for GET/SET_PR_INFO), not ours."""
-        placement = self._place(info, info.config)
-        data = _open_data(info.config)
-        cleanup: list[Callable[[], Any]] = [data.close]
+    def open_device(self, info: DeviceInfo) -> None:
+        """Serve ``info``'s ring."""
+        with self._lock:
+            self._open_device(info)
+
+    def _open_device(self, info: DeviceInfo) -> None:
+        config = info.config
+        placement = self._place(info, config)
+        cleanup: list[Callable[[], Any]] = []
         try:
+            data = self._acquire(config.store).data()
+            cleanup.append(lambda: self._release(config.store))
             size = data.size - data.size % self.cfg.block_size
-            params = Params(info.config, placement, size, write_cache=True)
+            params = Params(config, placement, size, write_cache=True)
+            lu = self._lu_for(config.pr_store)
             endpoint = self.ring_source.open(info)
             cleanup.append(endpoint.close)
-            lu, created = self._lu_for(info.config.pr_store)
-            if created:
-                cleanup.append(lambda: self._drop_lu(lu))
             device = Device(info, params, lu, endpoint, data, self.cfg)
+            cleanup.append(lambda: self._drop_lu_if_unused(lu))
             try:
                 device.build()
             except DeviceConfigError as err:
@@ -436,12 +390,15 @@ class DeviceManager:
                 with contextlib.suppress(Exception):
                     undo()
             raise
-        with self._lock:
-            self.devices[info.device_id] = device
+        self.devices[info.device_id] = device
         if placement.nexus is None:
             log.warning(
                 "device %s serves no known I_T nexus: PR commands will be refused", device.name
             )
+        if config.store != config.pr_store and config.store.kind == "rbd":
+            log.warning("device %s: PR state on %s, data on %s: a gateway cut off from the PR "
+                        "state is not cut off from the data", device.name, config.pr_store,
+                        config.store)  # fmt: skip
         log.info(
             "device %s: LU %s, nexus %s (from %s), rtpi %s, %d bytes, PR store %s",
             device.name,
@@ -450,23 +407,27 @@ class DeviceManager:
             placement.source,
             placement.rtpi,
             size,
-            info.config.pr_store,
+            config.pr_store,
         )
 
     def close_device(self, device_id: int) -> None:
         with self._lock:
             device = self.devices.pop(device_id, None)
-        if device is None:
-            return
-        device.stop()
-        if device.lu.remove(device_id):
-            self._drop_lu(device.lu)
-        device.teardown()
-        device.endpoint.close()
-        device.data.close()
+            if device is None:
+                return
+            device.stop()
+            device.lu.remove(device_id)
+            device.teardown()
+            device.endpoint.close()
+            self._drop_lu_if_unused(device.lu)
+            self._release(device.params.config.store)
         log.info("device %s closed", device.name)
 
     def reconfig_device(self, device_id: int, changes: Reconfig) -> None:
+        with self._lock:
+            self._reconfig_device(device_id, changes)
+
+    def _reconfig_device(self, device_id: int, changes: Reconfig) -> None:
         device = self.devices.get(device_id)
         if device is None:
             raise DeviceError(errno.ENODEV, f"device {device_id} is not served")
@@ -509,6 +470,70 @@ class DeviceManager:
             device.start()
         log.info("device %s reconfigured: %s", device.name, changes)
 
+    def get_pr_info(self, device_id: int) -> bytes:
+        device = self._device(device_id)
+        try:
+            return device.lu.get_pr_info()
+        except PRInfoRefused as err:
+            raise DeviceError(err.errno, str(err)) from err
+
+    def set_pr_info(self, device_id: int, blob: bytes) -> None:
+        device = self._device(device_id)
+        try:
+            device.lu.set_pr_info(blob)
+        except PRInfoRefused as err:
+            raise DeviceError(err.errno, str(err)) from err
+
+    def _device(self, device_id: int) -> Device:
+        device = self.devices.get(device_id)
+        if device is None:
+            raise DeviceError(errno.ENODEV, f"device {device_id} is not served")
+        return device
+
+    # -- a LU that was cut off --------------------------------------------------------------
+
+    def _on_loss(self, lu: LogicalUnit, why: str) -> None:
+        """Called on a store thread: reconnect on a thread of our own."""
+        threading.Thread(target=self._reconnect, args=(lu,), name=f"reconnect {lu.spec}",
+                         daemon=True).start()  # fmt: skip
+
+    def _reconnect(self, lu: LogicalUnit) -> None:
+        """Stop the LU's rings, reopen its store with a new client, rebuild the rings."""
+        spec = lu.spec
+        while True:
+            with self._lock:
+                if self._closing or self.lus.get(spec) is not lu:
+                    return
+                try:
+                    self._reopen(lu)
+                    return
+                except Exception as err:
+                    log.error("LU %s: reconnecting failed, retrying in %.0f s: %s", spec,
+                              RECONNECT_DELAY, err)  # fmt: skip
+            time.sleep(RECONNECT_DELAY)
+
+    def _reopen(self, lu: LogicalUnit) -> None:
+        spec = lu.spec
+        held = self.stores[spec]
+        users = [d for d in self.devices.values() if d.params.config.store == spec]
+        members = [d for d in self.devices.values() if d.lu is lu]
+        affected = list({id(d): d for d in users + members}.values())
+        for device in affected:
+            device.stop()
+            device.teardown()
+        new = self.open_store(spec, self.cfg.store_options)
+        old, held.store = held.store, new
+        lu.rebind(new)
+        with contextlib.suppress(Exception):
+            old.close()
+        for device in affected:
+            if device in users:
+                device.data = new.data()
+            device.build()
+            device.lu.republish(device)
+            device.start()
+        log.info("LU %s: reconnected (%d device(s) rebuilt)", spec, len(affected))
+
     # -- helpers --------------------------------------------------------------------------
 
     def _place(self, info: DeviceInfo, config: DevConfig) -> topology.Placement:
@@ -521,31 +546,8 @@ class DeviceManager:
         except topology.TopologyError as err:
             raise DeviceError(errno.EINVAL, str(err)) from err
 
-    def _lu_for(self, spec: str) -> tuple[LogicalUnit, bool]:
-        with self._lock:
-            lu = self.lus.get(spec)
-        if lu is not None:
-            return lu, False
-        lu = LogicalUnit(spec, self.open_slot(spec))
-        with self._lock:
-            self.lus[spec] = lu
-        return lu, True
-
-    def _drop_lu(self, lu: LogicalUnit) -> None:
-        with self._lock:
-            if self.lus.get(lu.spec) is lu:
-                del self.lus[lu.spec]
-        lu.close()
-
-    def poll_stores(self) -> None:
-        """One pass of the store watcher: re-read every file-backed LU whose sidecar moved."""
-        with self._lock:
-            lus = list(self.lus.values())
-        for lu in lus:
-            if not lu.is_rbd and lu.changed():
-                lu.refresh()
-
     def close(self) -> None:
         """Stop every device still served (the netlink service normally did already)."""
+        self._closing = True
         for device_id in list(self.devices):
             self.close_device(device_id)

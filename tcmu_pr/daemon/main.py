@@ -1,11 +1,11 @@
 """``tcmu-pr daemon``: the process that serves every TCMU device of this gateway.
 
 Threads: the main thread answers netlink (the kernel keeps one command per device
-outstanding, so serial is enough); one thread per device ring (devices.py); one store
-watcher that stats file sidecars every ``store_poll_ms``; optionally the D-Bus thread.
-SIGTERM/SIGINT set one stop event: the netlink loop returns within its poll interval, every
-device finishes its current batch (all punted commands answered) and closes, then the
-slots, the watcher and D-Bus stop, and the process exits 0.
+outstanding, so serial is enough); one thread per device ring (devices.py); each LU's store
+listens for the other gateways' change announcements on threads of its own (tcmu_pr/lu.py,
+backends/); optionally the D-Bus thread.  SIGTERM/SIGINT set one stop event: the netlink
+loop returns within its poll interval, every device finishes its current batch (all punted
+commands answered) and closes, then the stores and D-Bus stop, and the process exits 0.
 
 Start-up order: join TCM-USER's group and send SET_FEATURES; answer whatever the kernel
 already queued; adopt the TCMU devices that existed before we joined (adopt.py: the kernel
@@ -36,7 +36,7 @@ from tcmu_pr.daemon import config as config_mod
 from tcmu_pr.daemon import notify
 from tcmu_pr.daemon.adopt import Existing
 from tcmu_pr.daemon.config import DaemonConfig
-from tcmu_pr.daemon.devices import DeviceManager, SlotOpener
+from tcmu_pr.daemon.devices import DeviceManager, StoreOpener
 from tcmu_pr.daemon.rings import RingSource
 from tcmu_pr.daemon.selection import DeviceSelection, SelectiveService
 
@@ -67,7 +67,7 @@ def setup_logging(level: str) -> None:
 
 
 class Daemon:
-    """Everything one daemon runs; ``transport``/``ring_source``/``open_slot`` are seams."""
+    """Everything one daemon runs; ``transport``/``ring_source``/``open_store`` are seams."""
 
     def __init__(
         self,
@@ -75,7 +75,7 @@ class Daemon:
         *,
         transport: object | None = None,
         ring_source: RingSource | None = None,
-        open_slot: SlotOpener | None = None,
+        open_store: StoreOpener | None = None,
         scan_existing: Scanner | None = None,
         ready_file: Path | None = None,
     ) -> None:
@@ -83,14 +83,12 @@ class Daemon:
         configfs) with the kernel transport, none with a test transport."""
         self.cfg = cfg
         self.selection = DeviceSelection(cfg.devices)
-        kwargs = {"open_slot": open_slot} if open_slot else {}
+        kwargs = {"open_store": open_store} if open_store else {}
         self.manager = DeviceManager(cfg, ring_source=ring_source, **kwargs)
         self._transport = transport
-        self._open_slot = open_slot
         self.stop_event = threading.Event()
         self.service = None
         self.dbus = None
-        self._watcher: threading.Thread | None = None
         if scan_existing is None and transport is None:
             scan_existing = _scan_kernel
         self._scan_existing = scan_existing
@@ -100,21 +98,18 @@ class Daemon:
         self.failure: str | None = None  # why serve() gave up (exit status 1)
 
     def start(self) -> None:
-        """Bind netlink (FamilyNotFound propagates), adopt devices, start watcher and D-Bus."""
-        kwargs = {"open_slot": self._open_slot} if self._open_slot else {}
+        """Bind netlink (FamilyNotFound propagates), adopt devices, start D-Bus."""
         if self._transport is None:
-            self.service = SelectiveService.connect(self.manager, **kwargs)
+            self.service = SelectiveService.connect(self.manager)
             self._features_seq = self.service.last_announce
         else:
-            self.service = SelectiveService(self._transport, self.manager, **kwargs)
+            self.service = SelectiveService(self._transport, self.manager)  # type: ignore[arg-type]
             self._features_seq = self.service.announce()
         self.service.selection = self.selection  # before the first command is handled
         while self.service.handle_one(timeout=0):
             pass  # what the kernel queued since we joined: fewer devices look unannounced
         if self._scan_existing is not None:
             self._adopt(self._scan_existing)
-        self._watcher = threading.Thread(target=self._watch, name="store-watcher", daemon=True)
-        self._watcher.start()
         if self.cfg.dbus:
             from tcmu_pr.daemon.dbus import DBusService
 
@@ -172,14 +167,6 @@ class Daemon:
         self.ready.set()
         log.info("tcmu-pr daemon ready: %d device(s) served", len(self.manager.devices))
 
-    def _watch(self) -> None:
-        interval = self.cfg.store_poll_ms / 1000
-        while not self.stop_event.wait(interval):
-            try:
-                self.manager.poll_stores()
-            except Exception:  # keep watching the other LUs
-                log.exception("store watcher pass failed")
-
     def close(self) -> None:
         self.stop_event.set()
         if self.ready.is_set():
@@ -192,10 +179,8 @@ class Daemon:
             if seq is not None and seq not in self.service.refused:
                 with contextlib.suppress(OSError):
                     self.service.announce(reply=False)
-            self.service.close()  # closes every device (ring threads joined) and its slot
-        self.manager.close()
-        if self._watcher is not None:
-            self._watcher.join()
+            self.service.close()  # closes every device (ring threads joined)
+        self.manager.close()  # ... and every store with its last user
         if self.dbus is not None:
             self.dbus.stop()
         log.info("tcmu-pr daemon stopped")

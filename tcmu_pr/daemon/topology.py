@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tcmu_pr.nexus import Nexus, NexusError
+from tcmu_pr.store_spec import StoreSpec, StoreSpecError
 
 _STRINGS = ("lu", "store", "pr_store", "identity", "nexus")
 
@@ -56,8 +57,8 @@ class Placement:
 @dataclass(frozen=True, slots=True)
 class TopologyEntry:
     lu: str | None = None
-    store: str | None = None
-    pr_store: str | None = None
+    store: StoreSpec | None = None
+    pr_store: StoreSpec | None = None
     identity: str | None = None
     nexus: Nexus | None = None
     rtpi: int | None = None
@@ -97,8 +98,14 @@ def _entry(where: str, body: Any) -> TopologyEntry:
     rtpi = body.get("rtpi")
     if rtpi is not None and (type(rtpi) is not int or not 1 <= rtpi <= 0xFFFF):
         raise TopologyError(f"{where}.rtpi must be an integer 1..65535")
+    stores = {}
+    for name in ("store", "pr_store"):
+        try:
+            stores[name] = StoreSpec.parse(body[name]) if body.get(name) else None
+        except StoreSpecError as err:
+            raise TopologyError(f"{where}.{name}: {err}") from err
     return TopologyEntry(
-        body.get("lu"), body.get("store"), body.get("pr_store"), body.get("identity"), nexus, rtpi
+        body.get("lu"), stores["store"], stores["pr_store"], body.get("identity"), nexus, rtpi
     )
 
 
@@ -115,8 +122,8 @@ def load(path: Path) -> dict[str, TopologyEntry]:
 
 def place(
     key: str,
-    store: str,
-    pr_store: str,
+    store: StoreSpec,
+    pr_store: StoreSpec,
     config_nexus: Nexus | None,
     config_rtpi: int | None,
     entries: dict[str, TopologyEntry],
@@ -148,4 +155,4 @@ def place(
     nexus = config_nexus or entry.nexus
     source = "dev_config" if config_nexus else ("topology file" if entry.nexus else "nowhere")
     rtpi = config_rtpi if config_rtpi is not None else entry.rtpi
-    return Placement(entry.lu or store, entry.identity or store, nexus, rtpi, source)
+    return Placement(entry.lu or str(store), entry.identity or str(store), nexus, rtpi, source)

@@ -6,8 +6,8 @@ no ``/<dev_config>`` part when it is empty) and sends that string as TCMU_ATTR_D
 tcmu-runner convention it starts with the handler name.  Ours::
 
     tcmu-pr/<store>[;<key>=<value>]...
-    <store>  := file/<absolute path> | rbd/<pool>/<image>       (canonical)
-              | file:<absolute path> | rbd:<pool>/<image>       (store-spec spelling)
+    <store>  := file/<absolute path> | rbd/<pool>/<image>       (dev_config spelling)
+              | file:<absolute path> | rbd:<pool>/<image>       (canonical spelling)
     <key>    := pr_store (PR slot, same two spellings, default: <store>)
               | nexus    (I_T nexus to run commands as, <init>,i,0x<isid>,<tport>,t,0x<tpgt>)
               | rtpi     (relative target port identifier, 1..65535)
@@ -16,17 +16,17 @@ The slash spelling exists because rtslib-fb (so targetcli) refuses ``:`` in a us
 config, e.g. ``tcmu-pr/file//srv/lu0.img`` as tcmu-runner's ``qcow//path``.  The kernel
 splits its control string at commas, so a nexus (which has commas) cannot travel in a
 dev_config written through configfs: the daemon's topology file is where nexuses live.
-Values cannot contain ``;``.  Pure parsing, no I/O: whether the file or image exists is
-found out when the store is opened.
+Values cannot contain ``;``.  Stores are parsed by :class:`tcmu_pr.store_spec.StoreSpec`.
+Pure parsing, no I/O: whether the file or image exists is found out when the store is opened.
 """
 
 from __future__ import annotations
 
 import errno
-import re
 from dataclasses import dataclass
 
 from tcmu_pr.nexus import Nexus, NexusError
+from tcmu_pr.store_spec import StoreSpec, StoreSpecError
 
 HANDLER = "tcmu-pr"
 #: The same handler as targetcli spells it: D-Bus object paths allow no "-" (see daemon/dbus.py).
@@ -36,7 +36,6 @@ DEV_CONFIG_MAX = 255
 KNOWN_OPTIONS = ("pr_store", "nexus", "rtpi")
 
 _UIO_PREFIX = "tcm-user/"
-_RBD_NAME = re.compile(r"[^/@;\s]+")
 
 
 class ConfigError(ValueError):
@@ -51,8 +50,8 @@ class ConfigError(ValueError):
 class DevConfig:
     """A parsed ``tcmu-pr/...`` dev_config."""
 
-    store: str
-    pr_store: str
+    store: StoreSpec
+    pr_store: StoreSpec
     nexus: Nexus | None = None
     rtpi: int | None = None
     raw: str = ""
@@ -110,24 +109,12 @@ def parse_dev_config(text: str) -> DevConfig:
     )
 
 
-def parse_store(text: str) -> str:
-    """Validate a store (``file:/abs/path``, ``rbd:pool/image`` or their slash spellings
-    ``file//abs/path``, ``rbd/pool/image``); returns it as a store spec (the colon form)."""
-    colon, slash = text.find(":"), text.find("/")
-    sep_at = colon if colon != -1 and (slash == -1 or colon < slash) else slash
-    if sep_at <= 0:
-        raise ConfigError(f"store {text!r} is not file/<path> or rbd/<pool>/<image>")
-    scheme, where = text[:sep_at], text[sep_at + 1 :]
-    if scheme == "file":
-        if not where.startswith("/") or "\0" in where or where.endswith("/"):
-            raise ConfigError(f"file store {where!r} must be an absolute file path")
-    elif scheme == "rbd":
-        pool, slash_sep, image = where.partition("/")
-        if not slash_sep or not _RBD_NAME.fullmatch(pool) or not _RBD_NAME.fullmatch(image):
-            raise ConfigError(f"rbd store {where!r} must be <pool>/<image>")
-    else:
-        raise ConfigError(f"unknown store type {scheme!r} (file or rbd)")
-    return f"{scheme}:{where}"
+def parse_store(text: str) -> StoreSpec:
+    """A store in either spelling (``file//abs/path``, ``rbd/pool/image``, or with ``:``)."""
+    try:
+        return StoreSpec.parse(text)
+    except StoreSpecError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _parse_nexus(text: str | None) -> Nexus | None:

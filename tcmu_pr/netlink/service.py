@@ -6,9 +6,10 @@ device's add/reconfig/remove in order.  Everything the kernel sends is decoded o
 :mod:`tcmu_pr.netlink.family`; :meth:`NetlinkService.dispatch` works on the typed message
 and never raises, because an exception here would leave the kernel blocked on a reply.
 
-The device side (ring, data backend) belongs to the daemon; it plugs in as a
-:class:`DeviceManager`.  The PR slot of each device is opened here, since GET/SET_PR_INFO
-need it even when the data path does nothing.
+The device side (ring, data backend, the LU and its PR state) belongs to the daemon; it
+plugs in as a :class:`DeviceManager`.  GET/SET_PR_INFO are answered by the device's LU
+through the manager, so they share its store connection and its confirmation rule; this
+module only moves the blob between netlink attributes and bytes.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from tcmu_pr import codec
-from tcmu_pr.backends.base import PRSlot
 from tcmu_pr.netlink.devconfig import (
     ConfigError,
     DevConfig,
@@ -72,9 +71,9 @@ class Reconfig:
 
 
 class DeviceManager(Protocol):
-    """The daemon's device side: ring, data backend, SCSI emulation."""
+    """The daemon's device side: ring, data backend, SCSI emulation, PR state."""
 
-    def open_device(self, info: DeviceInfo, slot: PRSlot) -> None:
+    def open_device(self, info: DeviceInfo) -> None:
         """Start serving ``info``'s ring; raise DeviceError (or OSError) to refuse."""
         ...
 
@@ -84,37 +83,23 @@ class DeviceManager(Protocol):
         """Apply ``changes``; raise DeviceError (or OSError) to refuse, changing nothing."""
         ...
 
+    def get_pr_info(self, device_id: int) -> bytes:
+        """The device's stored ``pr_info`` blob; DeviceError when it cannot be read."""
+        ...
 
-SlotOpener = Callable[[str], PRSlot]
-
-
-def _default_open_slot(spec: str) -> PRSlot:
-    from tcmu_pr.backends import open_slot
-
-    return open_slot(spec)
-
-
-@dataclass(slots=True)
-class _Device:
-    info: DeviceInfo
-    slot: PRSlot
+    def set_pr_info(self, device_id: int, blob: bytes) -> None:
+        """Store the kernel's blob; DeviceError(EAGAIN) when stale (the kernel re-reads)."""
+        ...
 
 
 class NetlinkService:
     """Serves TCM-USER for one daemon over a :class:`Transport`."""
 
-    def __init__(
-        self,
-        transport: Transport,
-        devices: DeviceManager,
-        *,
-        open_slot: SlotOpener = _default_open_slot,
-    ) -> None:
+    def __init__(self, transport: Transport, devices: DeviceManager) -> None:
         self.transport = transport
         self.manager = devices
-        self.open_slot = open_slot
         self._owns_transport = False
-        self._devices: dict[int, _Device] = {}
+        self._devices: dict[int, DeviceInfo] = {}
         self._seq = 0
         self.acked: set[int] = set()
         self.last_announce: int | None = None  # seq of the SET_FEATURES connect() sent
@@ -128,13 +113,11 @@ class NetlinkService:
         }
 
     @classmethod
-    def connect(
-        cls, devices: DeviceManager, *, open_slot: SlotOpener = _default_open_slot
-    ) -> NetlinkService:
+    def connect(cls, devices: DeviceManager) -> NetlinkService:
         """Bind to the kernel's TCM-USER family and announce; raises FamilyNotFound."""
         from tcmu_pr.netlink.socket import KernelTransport
 
-        service = cls(KernelTransport(), devices, open_slot=open_slot)
+        service = cls(KernelTransport(), devices)
         service._owns_transport = True
         service.last_announce = service.announce()
         return service
@@ -289,8 +272,7 @@ class NetlinkService:
     # ------------------------------------------------------------------ devices
 
     def device(self, device_id: int) -> DeviceInfo | None:
-        dev = self._devices.get(device_id)
-        return dev.info if dev else None
+        return self._devices.get(device_id)
 
     def adopt(self, device_id: int, minor: int, uio_name: str, *, pending: bool) -> int:
         """Serve a device that existed before we joined, as if its ADDED_DEVICE had come.
@@ -319,12 +301,12 @@ class NetlinkService:
 
     def _add(self, device_id: int, uio_name: str, minor: int) -> int:
         known = self._devices.get(device_id)
-        if known is not None and (known.info.uio_name, known.info.minor) == (uio_name, minor):
+        if known is not None and (known.uio_name, known.minor) == (uio_name, minor):
             # Adopted at start while its ADDED_DEVICE was still queued for us: same device.
             log.debug("ADDED_DEVICE %d: already serving %s", device_id, uio_name)
             return 0
         if known is not None:
-            log.error("ADDED_DEVICE %d: already serving %s", device_id, known.info.uio_name)
+            log.error("ADDED_DEVICE %d: already serving %s", device_id, known.uio_name)
             return -errno.EEXIST
         try:
             hba, name, dev_config = split_uio_name(uio_name)
@@ -334,42 +316,26 @@ class NetlinkService:
             return -exc.errno
         info = DeviceInfo(device_id, minor, hba, name, config, uio_name)
         try:
-            slot = self.open_slot(config.pr_store)
+            self.manager.open_device(info)
         except Exception as exc:
-            code = _errno_of(exc)
-            log.error(
-                "ADDED_DEVICE %d (%s): cannot open PR store %s: %s",
-                device_id,
-                uio_name,
-                config.pr_store,
-                exc,
-            )
-            return -code
-        try:
-            self.manager.open_device(info, slot)
-        except Exception as exc:
-            slot.close()
             log.error("ADDED_DEVICE %d (%s): device refused: %s", device_id, uio_name, exc)
             return -_errno_of(exc)
-        self._devices[device_id] = _Device(info, slot)
+        self._devices[device_id] = info
         log.info("serving device %d: %s (uio%d)", device_id, uio_name, minor)
         return 0
 
     def _removed(self, device_id: int, msg: Message) -> tuple[int, dict]:
-        dev = self._devices.pop(device_id, None)
-        if dev is None:
+        info = self._devices.pop(device_id, None)
+        if info is None:
             log.warning("REMOVED_DEVICE %d: not a device this daemon serves", device_id)
             return -errno.ENODEV, {}
-        try:
-            self.manager.close_device(device_id)
-        finally:
-            dev.slot.close()
-        log.info("stopped serving device %d: %s", device_id, dev.info.uio_name)
+        self.manager.close_device(device_id)
+        log.info("stopped serving device %d: %s", device_id, info.uio_name)
         return 0, {}
 
     def _reconfig(self, device_id: int, msg: Message) -> tuple[int, dict]:
-        dev = self._devices.get(device_id)
-        if dev is None:
+        info = self._devices.get(device_id)
+        if info is None:
             log.error("RECONFIG_DEVICE %d: unknown device", device_id)
             return -errno.ENODEV, {}
         cfg_text, size, wc = (
@@ -393,45 +359,27 @@ class NetlinkService:
             log.error("RECONFIG_DEVICE %d: WRITECACHE %d is not 0 or 1", device_id, wc)
             return -errno.EINVAL, {}
         changes = Reconfig(config, _int(size), None if wc is None else bool(wc))
-        new_slot = None
-        if config is not None and config.pr_store != dev.info.config.pr_store:
-            try:
-                new_slot = self.open_slot(config.pr_store)
-            except Exception as exc:
-                log.error(
-                    "RECONFIG_DEVICE %d: cannot open PR store %s: %s",
-                    device_id,
-                    config.pr_store,
-                    exc,
-                )
-                return -_errno_of(exc), {}
         try:
             self.manager.reconfig_device(device_id, changes)
         except Exception as exc:
-            if new_slot is not None:
-                new_slot.close()
             log.error("RECONFIG_DEVICE %d: refused: %s", device_id, exc)
             return -_errno_of(exc), {}
         if config is not None:
-            dev.info = _with_config(dev.info, config)
-        if new_slot is not None:
-            dev.slot.close()
-            dev.slot = new_slot
+            self._devices[device_id] = _with_config(info, config)
         log.info("reconfigured device %d: %s", device_id, changes)
         return 0, {}
 
     # ------------------------------------------------------------------ PR info
 
     def _get_pr_info(self, device_id: int, msg: Message) -> tuple[int, dict]:
-        dev = self._devices.get(device_id)
-        if dev is None:
+        if device_id not in self._devices:
             log.error("GET_PR_INFO %d: unknown device", device_id)
             return -errno.ENODEV, {}
         try:
-            blob = dev.slot.read()
-        except OSError as exc:
-            log.error("GET_PR_INFO %d: cannot read the PR store: %s", device_id, exc)
-            return -errno.EIO, {}
+            blob = self.manager.get_pr_info(device_id)
+        except Exception as exc:
+            log.error("GET_PR_INFO %d: %s", device_id, exc)
+            return -_errno_of(exc), {}
         text = blob[:-1] if blob.endswith(b"\0") else blob
         try:
             value = text.decode("ascii")
@@ -450,8 +398,7 @@ class NetlinkService:
         return 0, {Attr.PR_INFO: value}
 
     def _set_pr_info(self, device_id: int, msg: Message) -> tuple[int, dict]:
-        dev = self._devices.get(device_id)
-        if dev is None:
+        if device_id not in self._devices:
             log.error("SET_PR_INFO %d: unknown device", device_id)
             return -errno.ENODEV, {}
         text = msg.get(Attr.PR_INFO)
@@ -459,59 +406,22 @@ class NetlinkService:
             log.error("SET_PR_INFO %d: no TCMU_ATTR_PR_INFO", device_id)
             return -errno.EINVAL, {}
         try:
-            state, version = codec.decode_versioned(text.encode("utf-8"))
-            # Canonical bytes; for a blob that decoded these equal the kernel's own text
-            # plus the NUL every stored blob carries (codec: decode/encode round-trips).
-            new = codec.encode(state, version=version)
-        except ValueError as exc:
-            log.error("SET_PR_INFO %d: invalid blob, nothing written: %s", device_id, exc)
-            return -errno.EINVAL, {}
-        try:
-            old = dev.slot.read()
-            stored, stored_version = codec.decode_versioned(old) if old else (None, version)
-        except OSError as exc:
-            log.error("SET_PR_INFO %d: cannot read the PR store: %s", device_id, exc)
-            return -errno.EIO, {}
-        except ValueError as exc:
-            log.error("SET_PR_INFO %d: the stored blob is corrupt: %s", device_id, exc)
-            return -errno.EIO, {}
-        stored_seq = stored.seq if stored is not None else 0
-        if state.seq != (stored_seq + 1) % SEQ_MOD:
-            log.info(
-                "SET_PR_INFO %d: seq 0x%08x is stale (stored 0x%08x): re-read",
-                device_id,
-                state.seq,
-                stored_seq,
-            )
-            return STATUS_RETRY, {}
-        try:
-            landed = dev.slot.compare_and_swap(old, new)
-        except OSError as exc:
-            log.error("SET_PR_INFO %d: cannot write the PR store: %s", device_id, exc)
-            return -errno.EIO, {}
-        if not landed:
-            log.info("SET_PR_INFO %d: another gateway wrote first: re-read", device_id)
-            return STATUS_RETRY, {}
-        if version < stored_version:
-            # A v1 writer (the PR series' kernel) drops what only v2 holds: say so once here.
-            log.warning(
-                "SET_PR_INFO %d: version %d blob replaced version %d state",
-                device_id,
-                version,
-                stored_version,
-            )
+            self.manager.set_pr_info(device_id, text.encode("utf-8"))
+        except Exception as exc:
+            code = _errno_of(exc)
+            level = logging.INFO if code == errno.EAGAIN else logging.ERROR
+            log.log(level, "SET_PR_INFO %d: %s", device_id, exc)
+            return (STATUS_RETRY if code == errno.EAGAIN else -code), {}
         return 0, {}
 
     def close(self) -> None:
         """Stop serving every device (the daemon is exiting); the transport too if ours."""
         for device_id in list(self._devices):
-            dev = self._devices.pop(device_id)
+            self._devices.pop(device_id)
             try:
                 self.manager.close_device(device_id)
             except Exception:
                 log.exception("closing device %d failed", device_id)
-            finally:
-                dev.slot.close()
         if self._owns_transport:
             self.transport.close()
 

@@ -12,8 +12,9 @@ Everything device-specific is injected:
   READ CAPACITY, ... and READ/WRITE when the fast path punted them).  The default answers
   TEST UNIT READY and rejects the rest with INVALID COMMAND OPERATION CODE.
 - :class:`PRHooks`: PERSISTENT RESERVE IN/OUT and RESERVE/RELEASE(6/10) (the daemon runs
-  ``tcmu_pr.apply.apply`` on the device's nexus), the conflict check for other punted
-  commands, the unit attention owed to this nexus, and the verdict word for the fast path.
+  them through its LU, tcmu_pr/lu.py), the conflict check for other punted commands, the
+  unit attention owed to this nexus, the verdict word for the fast path, whether the PR
+  state can be vouched for right now, and the admission bracket a PR change waits on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import os
 import select
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from tcmu_pr import scsi
@@ -70,6 +72,12 @@ class PRHooks:
     take_unit_attention: Callable[[], bytes | None] = lambda: None
     #: The verdict word for the fast path (tcmu_pr.conflict.verdict on the current state).
     verdict: Callable[[], int] = lambda: VERDICT_READ | VERDICT_WRITE
+    #: False while the PR state cannot be vouched for (a lease ran out, the gateway was cut
+    #: off): everything but INQUIRY/REPORT LUNS is answered NOT READY, nothing from the state.
+    current: Callable[[], bool] = lambda: True
+    #: Brackets a punted non-PR command from its conflict check to its answer, so that a
+    #: PR change can wait for the commands admitted under the old state.
+    admit: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
 
 
 class RingHandler:
@@ -159,6 +167,8 @@ class RingHandler:
 
     def _dispatch(self, cdb: bytes, data_out: bytes) -> Reply:
         op = cdb[0]
+        if op not in _UA_EXEMPT and not self.pr.current():
+            return scsi.CHECK_CONDITION, scsi.LOGICAL_UNIT_BECOMING_READY.to_bytes(), None
         if self.ring.verdict & VERDICT_UA and op not in _UA_EXEMPT:
             sense = self.pr.take_unit_attention()
             self.refresh_verdict()
@@ -168,6 +178,7 @@ class RingHandler:
             reply = self.pr.execute(cdb, data_out)
             self.refresh_verdict()
             return reply
-        if not self.pr.allowed(cdb):
-            return scsi.RESERVATION_CONFLICT, None, None
-        return self.emulate(cdb, data_out)
+        with self.pr.admit():
+            if not self.pr.allowed(cdb):
+                return scsi.RESERVATION_CONFLICT, None, None
+            return self.emulate(cdb, data_out)

@@ -8,6 +8,8 @@ one runs.  Error codes are the C ones (native/ring.h) so both report alike.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 ERR_MAILBOX = -1001  # mailbox fields out of bounds
@@ -34,6 +36,33 @@ VERDICT_READ = 1
 VERDICT_WRITE = 2
 VERDICT_UA = 4
 
+#: Lease deadline meaning "no lease"; any other value is a time of :func:`coarse_ms`, past
+#: which the loop serves nothing itself and punts every command.
+NO_LEASE = 0
+#: A deadline already past.
+EXPIRED = 1
+_CLOCK = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)  # Linux's number
+
+
+def coarse_ms() -> int:
+    """CLOCK_MONOTONIC_COARSE in ms: the clock native/ring.c compares lease deadlines with."""
+    return time.clock_gettime_ns(_CLOCK) // 1_000_000
+
+
+def wait_batch_over(busy: Callable[[], int], seen: int, timeout: float) -> bool:
+    """Both loops' drain: ``seen`` is the busy counter read when a verdict was published;
+    odd means a batch that may have read the old verdict was running, and it is over once
+    the counter moves.  Sleeps in short steps: a batch of 4 KiB commands lasts
+    microseconds, and this only runs when a PR change landed.  False after ``timeout`` s."""
+    if not seen & 1:
+        return True
+    deadline = time.monotonic() + timeout
+    while busy() == seen:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.0002)
+    return True
+
 
 class RingError(RuntimeError):
     """The ring cannot be served any more (or an API misuse); ``code`` is a RING_ERR_*."""
@@ -53,6 +82,14 @@ class RingLoop(Protocol):
     """
 
     verdict: int
+
+    def publish(self, verdict: int, lease_ms: int = NO_LEASE) -> None:
+        """New verdict and lease deadline for the fast path."""
+        ...
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until the batch that ran at the last publish is over; False on timeout."""
+        ...
 
     def process(self) -> list[int]: ...
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import time
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol
 
-from tcmu_pr.ring.loop import MAX_PUNTS, RingError
+from tcmu_pr.ring.loop import MAX_PUNTS, RingError, wait_batch_over
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +76,7 @@ class NativeRing:
         self._lib: Any = mod.lib
         self._buf: Any = None
         self._native: NativeBackend | None = None
+        self._seen = 0  # ctx->busy when the verdict was last published
         if isinstance(backend, int):
             self._backend = self._ffi.new("struct ring_file_backend *")
             self._backend.fd = backend
@@ -111,7 +111,12 @@ class NativeRing:
 
     @verdict.setter
     def verdict(self, value: int) -> None:
-        self._ctx.verdict = value
+        self.publish(value, int(self._ctx.lease_ms))
+
+    def publish(self, verdict: int, lease_ms: int = 0) -> None:
+        """New verdict and lease deadline (0: none); remembers whether a batch that may have
+        read the old ones was running, for :meth:`drain`."""
+        self._seen = int(self._lib.tcmu_ring_publish(self._ctx, verdict, lease_ms))
 
     def _closed(self) -> RingError:
         return RingError(-errno.EBADF, "the ring is closed")
@@ -149,21 +154,13 @@ class NativeRing:
 
     @property
     def busy(self) -> int:
-        """Odd while :meth:`run` is serving commands in C (see wait_idle)."""
+        """Odd while C serves a batch (:meth:`process`, :meth:`run`)."""
         return int(self._ctx.busy)
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until the commands :meth:`run` was serving when called are answered: the
-        PREEMPT AND ABORT barrier (docs/daemon.md).  False after ``timeout`` s."""
-        seen = self.busy
-        if not seen & 1:
-            return True
-        deadline = time.monotonic() + timeout
-        while self.busy == seen:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.0005)
-        return True
+    def drain(self, timeout: float) -> bool:
+        """Wait until the batch that was running at the last :meth:`publish` (if any) is
+        over: every command it admitted on the old verdict is answered."""
+        return wait_batch_over(lambda: self.busy, self._seen, timeout)
 
     def cdb(self, entry_off: int) -> bytes:
         n = self._lib.tcmu_ring_cdb(self._ctx, entry_off, self._cdb, len(self._cdb))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import threading
 
 from tcmu_pr import scsi
 from tcmu_pr.ring import layout as L
@@ -23,10 +24,13 @@ from tcmu_pr.ring.loop import (
     ERR_NOT_CMD,
     ERR_PENDING,
     MAX_PUNTS,
+    NO_LEASE,
     VERDICT_READ,
     VERDICT_UA,
     VERDICT_WRITE,
     RingError,
+    coarse_ms,
+    wait_batch_over,
 )
 from tcmu_pr.ring.rw import INTERNAL_TARGET_FAILURE, PR_CHANGERS, RW_OPCODES, RWError, decode_rw
 
@@ -75,6 +79,11 @@ class PyRing:
         self._block_size = block_size
         self._num_blocks = dev_size // block_size
         self.verdict = VERDICT_READ | VERDICT_WRITE
+        self.lease_ms = NO_LEASE
+        #: Odd while process() serves a batch; what publish() saw, for drain().
+        self.busy = 0
+        self._seen = 0
+        self._busy_lock = threading.Lock()
         self._scan = tail
         #: punted entries still owed an answer -> the length seen when they were scanned
         #: (a header rewritten after the scan must not change what we act on)
@@ -86,7 +95,25 @@ class PyRing:
 
     # -- the loop ---------------------------------------------------------------------
 
+    def publish(self, verdict: int, lease_ms: int = NO_LEASE) -> None:
+        with self._busy_lock:
+            self.lease_ms, self.verdict = lease_ms, verdict
+            self._seen = self.busy
+
+    def drain(self, timeout: float) -> bool:
+        return wait_batch_over(lambda: self.busy, self._seen, timeout)
+
     def process(self) -> list[int]:
+        with self._busy_lock:
+            self.busy += 1
+            lease = self.lease_ms
+        try:
+            return self._process(lease != NO_LEASE and coarse_ms() >= lease)
+        finally:
+            with self._busy_lock:
+                self.busy += 1
+
+    def _process(self, expired: bool) -> list[int]:
         if self._closed:
             raise RingError(-errno.EBADF, "the ring is closed")
         if self._pending:
@@ -112,7 +139,7 @@ class PyRing:
                 if len(punts) == MAX_PUNTS:
                     break
                 self._stats["cmds"] += 1
-                disposition = self._serve(off + scan, length)
+                disposition = self._serve(off + scan, length, expired)
                 if disposition:
                     punts[off + scan] = length
                     self._stats["punted"] += 1
@@ -140,7 +167,7 @@ class PyRing:
             os.write(self._kick_fd, b"\0\0\0\0")
             self._stats["kicks"] += 1
 
-    def _serve(self, ent: int, length: int) -> int:
+    def _serve(self, ent: int, length: int, expired: bool) -> int:
         """0: completed here; 1: punt; 2: punt and end the batch (verdict may change)."""
         try:
             cnt = self._iov_cnt(ent, length)
@@ -161,6 +188,8 @@ class PyRing:
                 return 0
             rw = None
             range_error = e.sense
+        if expired:  # the PR state is not vouched for: the handler re-validates first
+            return 1
         if verdict & VERDICT_UA:
             return 2
         write = cdb[0] & 0x0F == 0x0A

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,7 +88,16 @@ def rbd_image(rados_ioctx: Any) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:12]}"
     rbd.RBD().create(rados_ioctx, name, IMAGE_SIZE)
     yield name
-    rbd.RBD().remove(rados_ioctx, name)
+    # A client killed by a test keeps its watch until osd_client_watch_timeout (10 s here).
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            rbd.RBD().remove(rados_ioctx, name)
+            return
+        except rbd.ImageBusy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 @pytest.fixture
@@ -117,3 +127,13 @@ def rbd_io_native(tmp_path_factory: pytest.TempPathFactory) -> Any:
     spec.loader.exec_module(module)
     sys.modules["tcmu_pr._rbd_io"] = module
     return module
+
+
+def rbd_store(conf: str, image: str, **options: Any) -> Any:
+    """An RbdStore on pool rbd (one RADOS client, as one gateway has)."""
+    from tcmu_pr.backends.base import StoreOptions
+    from tcmu_pr.backends.rbd_store import RbdStore
+    from tcmu_pr.store_spec import StoreSpec
+
+    return RbdStore(StoreSpec("rbd", pool="rbd", image=image),
+                    StoreOptions(ceph_conf=conf, **options))  # fmt: skip

@@ -5,12 +5,12 @@ simulators (tests/daemon_support.py)."""
 from __future__ import annotations
 
 import pytest
+from conftest import rbd_store
 from daemon_support import NEXUS_A, NEXUS_B, DaemonRig, run_cmd, write_topology
 from pr_cdbs import REGISTER, RESERVE, basic_list, prout
 from ring_support import rw10
 
 from tcmu_pr import codec, scsi
-from tcmu_pr.backends.rbd import RbdPRSlot
 from tcmu_pr.daemon.config import DaemonConfig
 
 pytestmark = pytest.mark.ceph
@@ -47,13 +47,18 @@ def test_rbd_lu_is_served_natively_and_fenced_through_the_header_xattr(
         assert run_cmd(a, rw10(True, 8, 1), data_out=b"r" * BLOCK, timeout=30).status == 0
         read = run_cmd(b, rw10(False, 8, 1), data_in=BLOCK, timeout=30)
         assert (read.status, read.data) == (scsi.GOOD, b"r" * BLOCK)
-        assert rig.daemon.manager.devices[1]._guard.stats()["fast"] >= 1  # not punted
+        assert rig.daemon.manager.devices[1]._ring.stats()["fast"] >= 1  # not punted
+        # One RADOS client for both devices' data and the PR state.
+        assert len(rig.daemon.manager.stores) == 1
 
         assert pr(a, REGISTER, basic_list(0, KEY_A)).status == scsi.GOOD
         assert pr(a, RESERVE, basic_list(KEY_A), WE).status == scsi.GOOD
         # The state is the header xattr every gateway reads.
-        with RbdPRSlot.open("rbd", rbd_image, conf=ceph_conf) as slot:
-            state = codec.decode(slot.read())
+        other = rbd_store(ceph_conf, rbd_image)
+        try:
+            state = codec.decode(other.slot().read())
+        finally:
+            other.close()
         assert state.reservation is not None and state.reservation.key == KEY_A
 
         done = run_cmd(b, rw10(True, 8, 1), data_out=b"x" * BLOCK, timeout=30)

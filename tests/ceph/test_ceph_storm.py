@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from tcmu_pr.backends.rbd_bench import run_rbd_storm
+from tcmu_pr.bench_store import run_store_bench
+from tcmu_pr.store_spec import StoreSpec
 
 pytestmark = [pytest.mark.ceph, pytest.mark.slow]
 
 
 def test_guarded_storm_applies_every_update(ceph_conf: str, rbd_image: str) -> None:
-    res = run_rbd_storm("rbd", rbd_image, conf=ceph_conf, procs=4, updates=200, guarded=True)
+    spec = StoreSpec("rbd", pool="rbd", image=rbd_image)  # Ceph config from $CEPH_CONF
+    res = run_store_bench(spec, procs=4, updates=200, guarded=True)
     print("\n" + res.summary())
     assert res.other == 0
     assert res.good == 4 * 200
@@ -20,7 +22,8 @@ def test_guarded_storm_applies_every_update(ceph_conf: str, rbd_image: str) -> N
 
 
 def test_unguarded_control_loses_updates(ceph_conf: str, rbd_image: str) -> None:
-    res = run_rbd_storm("rbd", rbd_image, conf=ceph_conf, procs=4, updates=100, guarded=False)
+    spec = StoreSpec("rbd", pool="rbd", image=rbd_image)
+    res = run_store_bench(spec, procs=4, updates=100, guarded=False)
     print("\n" + res.summary())
     assert res.good == 4 * 100  # every command was answered GOOD...
     assert res.lost > 0  # ...yet some of them are not in the stored state
