@@ -67,7 +67,7 @@ if pgrep -x systemd-udevd >/dev/null; then
 fi
 say "client2 fences client1 through gateway 2 (PREEMPT AND ABORT, as fence_scsi does)"
 run sg_persist -n -o -A -K 0xb2 -S 0xa1 --prout-type=5 "$C2G2"
-sleep 0.5  # gateway 1's daemon sees the shared store change within its poll (100 ms)
+# No pause: its GOOD came only once gateway 1's daemon enforced it (docs/consistency.md).
 
 say "the fenced client is refused by BOTH gateways; client2 writes through both"
 write1 "$C1G1" "UNIT ATTENTION"        # registrations preempted: reported once ...
