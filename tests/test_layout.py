@@ -223,6 +223,12 @@ def test_vm_layout_names_and_export_parsing() -> None:
         "/mnt/repo/examples/targetcli/loopback-mpath --backend lio-ramdisk-pr")
     with pytest.raises(ValueError, match="unknown layout"):
         vm_layouts.command("fc-4gw")
+    assert vm_layouts.command("iscsi-2gw@file") == "/mnt/repo/examples/targetcli/iscsi-2gw"
+    rbd = vm_layouts.command("iscsi-2gw:ours@rbd")
+    assert rbd.startswith(vm_layouts.CEPH_START + " && ")
+    assert rbd.endswith("iscsi-2gw --backend ours --store rbd:rbd/lu1")
+    with pytest.raises(ValueError, match="unknown store"):
+        vm_layouts.command("iscsi-2gw@nfs")
     text = ("noise\nexport TCMU_PR_PATHS='/dev/sda /dev/sdb'\n"
             "export TCMU_PR_NEXUS_1='a,i,0x,b,t,0x1'\nexport TCMU_PR_MPATH=/dev/mapper/mpatha\n")
     assert vm_layouts.parse_exports(text) == {

@@ -1,9 +1,13 @@
 """Glue between the host-side rig (vmrig.VM) and the layout scripts in examples/targetcli.
 
-A layout is named ``SCRIPT[:BACKEND]`` (``loopback-mpath:lio-ramdisk-pr``, ``iscsi-2gw``);
-``none`` is no layout at all.  :func:`setup` runs the script inside the VM with the checkout
-on PYTHONPATH (the native ring module built on the host loads in the guest: both are
-Debian 12 / CPython 3.11) and returns the ``TCMU_PR_*`` variables it exported.
+A layout is named ``SCRIPT[:BACKEND][@STORE]`` (``loopback-mpath:lio-ramdisk-pr``,
+``iscsi-2gw``, ``iscsi-2gw@rbd``); ``none`` is no layout at all.  ``@file`` (the default)
+keeps the LU in an image file; ``@rbd`` starts the guest's own one-node Ceph cluster first
+(scripts/ceph-cluster, reused while it runs) and puts the LU on image rbd/lu1.
+
+:func:`setup` runs the script inside the VM with the checkout on PYTHONPATH (the native ring
+module built on the host loads in the guest: both are Debian 12 / CPython 3.11) and returns
+the ``TCMU_PR_*`` variables it exported.
 :data:`RESET` puts the VM back to "no LIO objects, no daemons we started", so tests sharing
 one booted VM do not see each other's leftovers.
 """
@@ -26,6 +30,13 @@ SCRIPTS = {
     "loopback-mpath": "examples/targetcli/loopback-mpath",
     "iscsi-2gw": "examples/targetcli/iscsi-2gw",
 }
+STORES = ("file", "rbd")
+#: Where an @rbd layout's cluster lives in the guest, and its LU.
+GUEST_CEPH = "/run/ceph"
+RBD_STORE = "rbd:rbd/lu1"
+#: Runs before an @rbd layout script: the cluster binds 127.0.0.1 only (no network).
+CEPH_START = (f"ip link set lo up && {GUEST_REPO}/scripts/ceph-cluster start {GUEST_CEPH} >&2 "
+              f"&& export CEPH_CONF={GUEST_CEPH}/ceph.conf")  # fmt: skip
 
 #: Tear down whatever a layout left: iSCSI sessions, multipathd and its maps, all LIO config,
 #: and the daemons the layout scripts started (by the pids they recorded).  multipathd must go:
@@ -63,14 +74,20 @@ class LayoutError(RuntimeError):
 
 def command(layout: str) -> str:
     """The guest shell command that sets ``layout`` up ('' for ``none``)."""
-    name, _, backend = layout.partition(":")
+    rest, _, store = layout.partition("@")
+    name, _, backend = rest.partition(":")
     if name == "none":
         return ""
     if name not in SCRIPTS:
         raise ValueError(f"unknown layout {name!r}: one of none, {', '.join(SCRIPTS)}")
+    if store and store not in STORES:
+        raise ValueError(f"unknown store {store!r} in {layout!r}: @file or @rbd")
     args = [f"{GUEST_REPO}/{SCRIPTS[name]}"]
     if backend:
         args += ["--backend", backend]
+    if store == "rbd":
+        args += ["--store", RBD_STORE]
+        return f"{CEPH_START} && {shlex.join(args)}"
     return shlex.join(args)
 
 

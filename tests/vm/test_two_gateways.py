@@ -34,17 +34,20 @@ def test_pr_change_through_one_gateway_is_enforced_by_the_other(vm) -> None:
     assert out.count("[as expected]") == 6
 
 
-def test_every_change_is_in_force_on_the_other_gateway_on_the_very_next_command(vm) -> None:
+@pytest.mark.parametrize("store", ["file", "rbd"])
+def test_every_change_is_in_force_on_the_other_gateway_on_the_very_next_command(
+    vm, store: str
+) -> None:
     """Every reservation type, RESERVE/RELEASE/PREEMPT/PREEMPT AND ABORT/CLEAR/REGISTER AND
     MOVE and SCSI-2 RESERVE/RELEASE, in both directions, then repeated rounds: sg_persist
     through one gateway, sg_raw through the other at once, unit attentions on the very next
-    command."""
-    env = layouts.setup(vm, "iscsi-2gw")
+    command.  On RBD each gateway's daemon is its own RADOS client (client.gw1, client.gw2)."""
+    env = layouts.setup(vm, f"iscsi-2gw@{store}")
     rc, out = vm.run("bash /mnt/repo/tests/vm/scenarios/cross-gateway.sh --rounds 20",
                      env=env, timeout=1800)  # fmt: skip
     m = re.search(r"^CHECKS total=(\d+) stale=(\d+)$", out, re.MULTILINE)
     assert m, out[-3000:]
     total, stale = int(m.group(1)), int(m.group(2))
-    print(f"\ncross-gateway checks: {total}, stale: {stale}")
+    print(f"\ncross-gateway checks on {store}: {total}, stale: {stale}")
     assert rc == 0 and stale == 0, "\n".join(ln for ln in out.splitlines() if "STALE" in ln)
     assert total >= 400
