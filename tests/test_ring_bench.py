@@ -12,9 +12,12 @@ def test_reservation_verdict_is_computed_and_allows_the_holder():
 
 def test_measure_and_report():
     best = measure(size_mb=2, seconds=0.1, batch=16, rounds=1)
-    assert set(best) == {f"{k} {op}" for k in ("native", "native+reservation", "python")
-                         for op in ("read", "write")}  # fmt: skip
+    variants = ("native", "native+reservation", "native+watch", "watch off", "python")
+    assert set(best) == {f"{k} {op}" for k in variants for op in ("read", "write")} | {
+        "changes", "announcements"}  # fmt: skip
     assert all(v > 0 for v in best.values())
+    # The watched rounds were watched for real: another gateway's changes applied here.
+    assert best["announcements"] >= best["changes"] >= 1
     lines = report(best)
     assert lines[-1].startswith("ratio native/python: ")
 
@@ -23,5 +26,5 @@ def test_cli_subcommand(capsys):
     assert main(["bench", "ring", "--size-mb", "1", "--seconds", "0.1", "--batch", "8",
                  "--rounds", "1"]) == 0  # fmt: skip
     out = capsys.readouterr().out.splitlines()
-    assert out[-1].startswith("ratio native/python: ") and len(out) == 9
+    assert out[-1].startswith("ratio native/python: ") and len(out) == 14
     assert main(["bench", "ring", "--batch", "0"]) == 2
