@@ -41,6 +41,7 @@ from tcmu_pr import codec, conflict, engine, scsi
 from tcmu_pr.apply import ApplyError, BlobCache, ContentionError, execute, update
 from tcmu_pr.backends.base import Confirmation, Store, StoreError
 from tcmu_pr.nexus import Nexus
+from tcmu_pr.ring.loop import EXPIRED, NO_LEASE, coarse_ms
 from tcmu_pr.state import U32, PRState, UnitAttention
 
 log = logging.getLogger(__name__)
@@ -48,19 +49,6 @@ log = logging.getLogger(__name__)
 #: Stands for a device whose nexus is unknown: no registration or reservation can be its,
 #: so the conflict table answers as for an unregistered non-holder (docs/daemon.md).
 ANONYMOUS = Nexus("tcmu-pr.unknown-initiator", "0", "tcmu-pr.unknown-target-port", "0")
-
-#: Lease deadline meaning "no lease" (stores that need none); any other value is a
-#: CLOCK_MONOTONIC_COARSE time in ms, compared by the native loop once per batch.
-NO_LEASE = 0
-#: A deadline in the past: every command goes to the slow path.
-EXPIRED = 1
-_CLOCK = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)  # Linux's number, as native/ring.c reads
-
-
-def coarse_ms() -> int:
-    """The clock the native loop compares lease deadlines with."""
-    return time.clock_gettime_ns(_CLOCK) // 1_000_000
-
 
 NOT_CONFIRMED = scsi.LOGICAL_UNIT_COMMUNICATION_FAILURE
 

@@ -518,18 +518,27 @@ class DeviceManager:
         users = [d for d in self.devices.values() if d.params.config.store == spec]
         members = [d for d in self.devices.values() if d.lu is lu]
         affected = list({id(d): d for d in users + members}.values())
-        for device in affected:
+        for device in affected:  # idempotent: a failed attempt left them stopped already
             device.stop()
             device.teardown()
         new = self.open_store(spec, self.cfg.store_options)
+        try:
+            lu.rebind(new)
+        except BaseException:
+            new.close()
+            raise
         old, held.store = held.store, new
-        lu.rebind(new)
         with contextlib.suppress(Exception):
             old.close()
         for device in affected:
             if device in users:
                 device.data = new.data()
-            device.build()
+            try:
+                device.build()
+            except Exception as err:  # the others still come back
+                device.failed = err
+                log.error("device %s: not rebuilt after reconnecting: %s", device.name, err)
+                continue
             device.lu.republish(device)
             device.start()
         log.info("LU %s: reconnected (%d device(s) rebuilt)", spec, len(affected))
