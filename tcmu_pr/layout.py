@@ -43,7 +43,8 @@ DEFAULT_TOPOLOGY = "/etc/tcmu-pr/topology.json"
 #: kinds get one shared device and LIO's own PR emulation (the reference to compare with).
 BACKENDS: dict[str, tuple[str, str | None]] = {
     "tcmu-pr": ("user", "tcmu-pr"),
-    "tcmu-runner": ("user", "qcow"),  # tcmu-runner's qcow handler also serves raw images
+    # tcmu-runner's qcow handler also serves raw images; an RBD store gets its rbd handler.
+    "tcmu-runner": ("user", "qcow"),
     "fileio": ("fileio", None),
     "ramdisk": ("ramdisk", None),
 }
@@ -86,6 +87,8 @@ class Spec:
     identity: str = ""
     topology: str = DEFAULT_TOPOLOGY
     attributes: dict[str, str] = field(default_factory=dict)
+    #: tcmu-runner on an RBD store: the ceph.conf its rbd handler reads (its conf= option).
+    ceph_conf: str | None = None
 
     @property
     def kind(self) -> str:
@@ -135,7 +138,7 @@ def load_spec(obj: Any, *, base: str | None = None) -> Spec:
     if not isinstance(obj, dict):
         raise LayoutError("spec must be a JSON object")
     known = {"lu", "store", "backend", "fabric", "targets", "initiators", "lun", "size",
-             "pr_store", "identity", "topology", "attributes"}
+             "pr_store", "identity", "topology", "attributes", "ceph_conf"}
     unknown = sorted(set(obj) - known)
     if unknown:
         raise LayoutError(f"unknown spec key(s): {', '.join(unknown)}")
@@ -154,8 +157,12 @@ def load_spec(obj: Any, *, base: str | None = None) -> Spec:
         pr_store = None if pr_text is None else StoreSpec.parse(pr_text, base=base)
     except StoreSpecError as err:
         raise LayoutError(str(err)) from None
-    if backend != "tcmu-pr" and not store.is_file:
+    if backend not in ("tcmu-pr", "tcmu-runner") and not store.is_file:
         raise LayoutError(f"backend {backend} needs a file: store")
+    ceph_conf = obj.get("ceph_conf")
+    if ceph_conf is not None and (not isinstance(ceph_conf, str)
+                                  or not re.fullmatch(r"/[^;,\s]*", ceph_conf)):  # fmt: skip
+        raise LayoutError("ceph_conf must be an absolute path without ';', ',' or spaces")
     if backend == "tcmu-pr" and len(store.slashed) > DEV_CONFIG_MAX - len("tcmu-pr/;rtpi=65535"):
         raise LayoutError("store spec too long for a TCMU dev_config")
     size = obj.get("size")
@@ -184,7 +191,7 @@ def load_spec(obj: Any, *, base: str | None = None) -> Spec:
         raise LayoutError("loopback takes one 'initiator' per target, not 'initiators'")
     spec = Spec(
         lu=lu, store=store, backend=backend, fabric=fabric, ports=ports,
-        initiators=initiators, lun=lun, size=size, pr_store=pr_store,
+        initiators=initiators, lun=lun, size=size, pr_store=pr_store, ceph_conf=ceph_conf,
         identity=str(obj.get("identity") or str(store)), topology=str(obj.get("topology",
                                                                          DEFAULT_TOPOLOGY)),
         attributes={k: str(v) for k, v in attributes.items()},
@@ -263,6 +270,9 @@ def dev_config(spec: Spec, rtpi: int, nexus: Nexus) -> str:
     carries it, so the daemon never depends on it being there.
     """
     handler = BACKENDS[spec.backend][1]
+    if handler == "qcow" and not spec.store.is_file:  # tcmu-runner's rbd handler
+        conf = f";conf={spec.ceph_conf}" if spec.ceph_conf else ""
+        return f"rbd/{spec.store.pool}/{spec.store.image}{conf}"
     if handler == "qcow":
         return f"qcow/{spec.path}"
     # The slash spelling (file//path, rbd/pool/image) is devconfig.py's canonical one: the

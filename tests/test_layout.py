@@ -165,7 +165,7 @@ def test_write_topology_is_atomic_and_round_trips(tmp_path: Path) -> None:
         ({"backend": "nbd"}, "backend 'nbd'"),
         ({"fabric": "fc"}, "fabric 'fc'"),
         ({"store": "file:relative"}, "absolute"),
-        ({"store": "rbd:rbd/x", "backend": "tcmu-runner"}, "needs a file: store"),
+        ({"store": "rbd:rbd/x", "backend": "fileio"}, "needs a file: store"),
         ({"size": -1}, "size"),
         ({"size": True}, "size"),
         ({"lun": 300}, "lun"),
@@ -238,3 +238,15 @@ def test_vm_layout_names_and_export_parsing() -> None:
     }
     with pytest.raises(ValueError):
         vm_layouts.parse_exports("export A=1 B=2\n")
+
+
+def test_tcmu_runner_on_rbd_uses_its_rbd_handler() -> None:
+    spec = layout.load_spec({**ISCSI, "backend": "tcmu-runner", "store": "rbd:rbd/lu1",
+                             "size": 64 << 20, "ceph_conf": "/var/lib/c/ceph.conf"})  # fmt: skip
+    configs = {d.config for d in layout.plan(spec).devices}
+    assert configs == {"rbd/rbd/lu1;conf=/var/lib/c/ceph.conf"}
+    with pytest.raises(layout.LayoutError, match="needs a file"):
+        layout.load_spec({**ISCSI, "backend": "fileio", "store": "rbd:rbd/lu1", "size": 1 << 20})
+    with pytest.raises(layout.LayoutError, match="ceph_conf"):
+        layout.load_spec({**ISCSI, "backend": "tcmu-runner", "store": "rbd:rbd/lu1",
+                          "size": 1 << 20, "ceph_conf": "/a;id=admin"})  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,46 @@ def test_second_cluster_coexists_and_stops_cleanly(ceph_conf: str) -> None:
         # The session's cluster is untouched.
         up = subprocess.run([SCRIPT, "status", Path(ceph_conf).parent], capture_output=True)
         assert up.returncode == 0
+    finally:
+        subprocess.run([SCRIPT, "stop", directory], capture_output=True, timeout=60)
+        subprocess.run(["rm", "-rf", directory], check=False)
+
+
+def _kill_and_wait(pid: int) -> None:
+    """kill -9 and wait until it is gone (a daemon is not our child: init reaps it)."""
+    os.kill(pid, 9)
+    while Path(f"/proc/{pid}").exists():
+        time.sleep(0.05)
+
+
+def test_data_survives_osd_and_monitor_restarts_and_a_stop(tmp_path: Path) -> None:
+    """What the fault tests rely on: start brings back whichever daemon is down, on its data."""
+    directory = Path(f"/tmp/tcmu-pr-ceph3-{os.getpid()}")
+    conf = directory / "ceph.conf"
+    payload = tmp_path / "payload"
+    payload.write_bytes(os.urandom(65536))
+    rados = ["rados", "--conf", str(conf), "-p", "rbd"]
+
+    def start() -> None:
+        done = subprocess.run([SCRIPT, "start", directory], capture_output=True, text=True,
+                              timeout=180)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    def read_back() -> bytes:
+        got = tmp_path / "got"
+        subprocess.run([*rados, "get", "obj", str(got)], check=True, timeout=60)
+        return got.read_bytes()
+
+    try:
+        start()
+        subprocess.run([*rados, "put", "obj", str(payload)], check=True, timeout=60)
+        for daemon in ("osd.0", "mon.a"):
+            _kill_and_wait(int((directory / "run" / f"{daemon}.pid").read_text()))
+            start()
+            assert read_back() == payload.read_bytes(), f"lost after a {daemon} restart"
+        subprocess.run([SCRIPT, "stop", directory], check=True, timeout=60)
+        start()
+        assert read_back() == payload.read_bytes()
     finally:
         subprocess.run([SCRIPT, "stop", directory], capture_output=True, timeout=60)
         subprocess.run(["rm", "-rf", directory], check=False)

@@ -3,7 +3,8 @@
 A layout is named ``SCRIPT[:BACKEND][@STORE]`` (``loopback-mpath:lio-ramdisk-pr``,
 ``iscsi-2gw``, ``iscsi-2gw@rbd``); ``none`` is no layout at all.  ``@file`` (the default)
 keeps the LU in an image file; ``@rbd`` starts the guest's own one-node Ceph cluster first
-(scripts/ceph-cluster, reused while it runs) and puts the LU on image rbd/lu1.
+(scripts/ceph-cluster, reused while it runs, resumed on its data after a reboot) and puts the
+LU on image rbd/lu1.
 
 :func:`setup` runs the script inside the VM with the checkout on PYTHONPATH (the native ring
 module built on the host loads in the guest: both are Debian 12 / CPython 3.11) and returns
@@ -31,8 +32,9 @@ SCRIPTS = {
     "iscsi-2gw": "examples/targetcli/iscsi-2gw",
 }
 STORES = ("file", "rbd")
-#: Where an @rbd layout's cluster lives in the guest, and its LU.
-GUEST_CEPH = "/run/ceph"
+#: Where an @rbd layout's cluster lives in the guest (on its disk: a VM rebooted on the same
+#: overlay finds its data again), and its LU.
+GUEST_CEPH = "/var/lib/tcmu-pr-ceph"
 RBD_STORE = "rbd:rbd/lu1"
 #: Runs before an @rbd layout script: the cluster binds 127.0.0.1 only (no network).
 CEPH_START = (f"ip link set lo up && {GUEST_REPO}/scripts/ceph-cluster start {GUEST_CEPH} >&2 "

@@ -7,7 +7,9 @@ sg-persist-full.sh, whose transcript is also compared with LIO's own PR emulatio
 block layer's IOC_PR_* ioctls on one path and on the multipath map, mpathpersist, fence_scsi
 and fence_mpath, and fio with verification through the map.
 
-The tests share the session VM; each starts from a fresh layout with an empty PR store.
+Every client test runs twice in one booted VM: with the LU in an image file (``@file``) and
+on an RBD image of the guest's own Ceph cluster (``@rbd``, the PR state in its header).  Each
+test starts from a fresh layout with an empty PR store.
 """
 
 from __future__ import annotations
@@ -26,7 +28,19 @@ EXPECTED = HERE / "expected"
 SCENARIO = "bash /mnt/repo/tests/vm/scenarios/sg-persist-full.sh"
 IOCTL = "python3 /mnt/repo/tests/vm/tools/pr_ioctl.py"
 IMAGE_DIR = "/var/lib/tcmu-pr"  # loopback-mpath's default image and its PR sidecar live here
-SIZE = 256 << 20  # loopback-mpath's default LU size
+SIZE = 256 << 20  # loopback-mpath's default LU size, on either store
+STORES = ("file", "rbd")
+#: Removes the @rbd layouts' image (a new one has no PR state).  A daemon just stopped may hold
+#: the image for a moment (its watch): retry.
+RBD_FRESH = f"""
+if [[ -f {layouts.GUEST_CEPH}/ceph.conf ]]; then
+    for _ in $(seq 60); do
+        out=$(rbd --conf {layouts.GUEST_CEPH}/ceph.conf rm {layouts.RBD_STORE[4:]} 2>&1) && break
+        grep -q "No such file" <<<"$out" && break
+        sleep 0.5
+    done
+fi
+"""
 
 
 def sh(vm, script: str, *, env: dict[str, str] | None = None, check: bool = True,
@@ -37,11 +51,18 @@ def sh(vm, script: str, *, env: dict[str, str] | None = None, check: bool = True
     return out
 
 
-def fresh(vm, backend: str = "ours") -> dict[str, str]:
+@pytest.fixture(scope="module", params=STORES)
+def store(request) -> str:
+    """Where the LU lives; module scope, so every test runs on one store, then the other,
+    in the same booted VM."""
+    return request.param
+
+
+def fresh(vm, backend: str = "ours", store: str = "file") -> dict[str, str]:
     """The loopback-mpath layout with a new image, no PR state and no APTPL leftovers."""
     sh(vm, layouts.RESET, timeout=120)
-    sh(vm, f"rm -rf {IMAGE_DIR} /var/target/pr/*")
-    return layouts.setup(vm, f"loopback-mpath:{backend}")
+    sh(vm, f"rm -rf {IMAGE_DIR} /var/target/pr/*" + RBD_FRESH, timeout=120)
+    return layouts.setup(vm, f"loopback-mpath:{backend}@{store}")
 
 
 def steps(transcript: str) -> list[tuple[str, str]]:
@@ -82,15 +103,16 @@ def comparable(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def full_transcript(vm) -> str:
-    env = fresh(vm)
+def full_transcript(vm, store: str) -> str:
+    env = fresh(vm, store=store)
     out = sh(vm, SCENARIO, env=env, timeout=600)
-    (vm.io / "sg-persist-full.ours.txt").write_text(out)
+    (vm.io / f"sg-persist-full.ours.{store}.txt").write_text(out)
     return out
 
 
 def test_scenario_transcript_is_stable(full_transcript) -> None:
-    """Ours is deterministic: the same bytes as the stored transcript of the last review."""
+    """Ours is deterministic: the same bytes as the stored transcript of the last review, on
+    either store."""
     assert full_transcript == (EXPECTED / "sg-persist-full.ours.txt").read_text()
 
 
@@ -202,8 +224,8 @@ def results(out: str) -> dict[str, tuple[int, str]]:
 
 
 @pytest.fixture
-def lu(vm) -> dict[str, str]:
-    return fresh(vm)
+def lu(vm, store: str) -> dict[str, str]:
+    return fresh(vm, store=store)
 
 
 def test_block_ioctls_on_one_path(vm, lu) -> None:
@@ -381,9 +403,11 @@ fio --name=verify --filename=$M --rw=randwrite --verify=crc32c --verify_fatal=1 
 
 # --- persistence across a power cycle ------------------------------------------------------
 
-def test_aptpl_registrations_and_reservation_survive_a_vm_reboot(tmp_path) -> None:
+@pytest.mark.parametrize("where", STORES)
+def test_aptpl_registrations_and_reservation_survive_a_vm_reboot(tmp_path, where: str) -> None:
     """Two boots on one disk (vmrig's ``overlay``): APTPL registrations and a reservation
-    made before the power-off are there after it, through a new daemon and a new layout."""
+    made before the power-off are there after it, through a new daemon and a new layout (on
+    RBD: the guest's cluster, resumed on its data, too)."""
     disk = tmp_path / "disk.qcow2"
     check = PRELUDE + """
 settle
@@ -392,13 +416,13 @@ t write-p3 w1 ${P[2]}
 t write-p2 w1 ${P[1]}
 """
     with vmrig.VM(overlay=disk, memory_mb=1024) as first:
-        env = fresh(first)
+        env = fresh(first, store=where)
         sh(first, PRELUDE + """
 sg_persist -n -o -G -Z -S 0xa1 ${P[0]} && sg_persist -n -o -G -Z -S 0xa2 ${P[1]}
 sg_persist -n -o -R -K 0xa1 --prout-type=5 ${P[0]}""", env=env)
         before = sh(first, check, env=env)
     with vmrig.VM(overlay=disk, memory_mb=1024) as second:
-        env = layouts.setup(second, "loopback-mpath:ours")
+        env = layouts.setup(second, f"loopback-mpath:ours@{where}")
         after = sh(second, check, env=env)
     assert "2 registered reservation keys follow:\n    0xa1\n    0xa2" in before
     assert "Key=0xa1\n    scope: LU_SCOPE,  type: Write Exclusive, registrants only" in before
