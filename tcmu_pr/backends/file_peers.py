@@ -217,9 +217,9 @@ class FilePeers:
                 applied = False
             if not applied:
                 continue  # the changers will cut this process off: nothing stale survives
+            self.handled += len(batch)  # before the acks: a changer may look once it has them
             for nonce, reply in batch:
                 self._send(self._sock, reply, f"ACK {nonce:016x} {self.name}")
-            self.handled += len(batch)
 
     def _send(self, sock: socket.socket | None, name: str, text: str) -> OSError | None:
         if sock is None or "/" in name or name in (".", ".."):

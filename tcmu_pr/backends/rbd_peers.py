@@ -168,9 +168,9 @@ class RbdPeers:
             return  # the changer cuts this gateway off: nothing stale survives
         with self._lock:
             self._applied = max(self._applied, target)
+        self.handled += len(batch)  # before the acks: a changer may look once it has them
         for notify_id, cookie in batch:
             self._ack(notify_id, cookie)
-        self.handled += len(batch)
 
     def _ack(self, notify_id: int, cookie: int) -> None:
         try:
