@@ -87,6 +87,7 @@ typedef void *rbd_image_t;
 int rbd_open_read_only(rados_ioctx_t io, const char *name, rbd_image_t *image,
                        const char *snap_name);
 int rbd_get_id(rbd_image_t image, char *id, size_t id_len);
+int rbd_get_features(rbd_image_t image, uint64_t *features);
 int rbd_close(rbd_image_t image);
 """
 
@@ -452,8 +453,9 @@ class IoCtx:
         )
         _check(rc, f"notify ack {self.pool}/{oid}")
 
-    def rbd_image_id(self, image: str) -> str:
-        """The id of RBD image ``image`` in this pool (what python-rbd's ``Image.id()`` gives)."""
+    def rbd_image_id(self, image: str) -> tuple[str, int]:
+        """The id of RBD image ``image`` in this pool (what python-rbd's ``Image.id()`` gives)
+        and its feature bits (RBD_FEATURE_*)."""
         rbd = _lib("librbd.so.1")
         img = ffi.new("rbd_image_t *")
         _check(
@@ -463,7 +465,9 @@ class IoCtx:
         try:
             buf = ffi.new("char[]", 64)
             _check(rbd.rbd_get_id(img[0], buf, 64), f"id of rbd image {self.pool}/{image}")
-            return ffi.string(buf).decode()
+            features = ffi.new("uint64_t *")
+            _check(rbd.rbd_get_features(img[0], features), f"features of {self.pool}/{image}")
+            return ffi.string(buf).decode(), int(features[0])
         finally:
             rbd.rbd_close(img[0])
 

@@ -16,12 +16,18 @@ each objecter tick, so the tick is set to a third of the lease.
 
 from __future__ import annotations
 
+import logging
+
 from tcmu_pr.backends.base import ChangeHandler, Confirmation, LossHandler, StoreOptions
 from tcmu_pr.backends.rados_cas import Cluster
 from tcmu_pr.backends.rbd import RbdPRSlot
 from tcmu_pr.backends.rbd_data import RbdImage
 from tcmu_pr.backends.rbd_peers import RbdPeers
 from tcmu_pr.store_spec import StoreSpec
+
+log = logging.getLogger(__name__)
+
+RBD_FEATURE_EXCLUSIVE_LOCK = 1 << 2
 
 
 class RbdStore:
@@ -37,10 +43,16 @@ class RbdStore:
                                tick=self._lease / 3)  # fmt: skip
         try:
             self.ioctx = self.cluster.open_ioctx(spec.pool)
-            self.image_id = self.ioctx.rbd_image_id(spec.image)
+            self.image_id, features = self.ioctx.rbd_image_id(spec.image)
         except BaseException:
             self.cluster.shutdown()
             raise
+        if features & RBD_FEATURE_EXCLUSIVE_LOCK:
+            log.warning(
+                "%s has the exclusive-lock feature: with several gateways writing it, librbd "
+                "hands the lock from one to the other on every write and may blocklist a slow "
+                "one. Gateways serving a LU active/active want it off: rbd feature disable "
+                "%s/%s fast-diff object-map exclusive-lock", spec, spec.pool, spec.image)
         self._slot: RbdPRSlot | None = None
         self._data: RbdImage | None = None
         self.peers = RbdPeers(self.cluster, self.ioctx, self.image_id, self.options, spec.image)
