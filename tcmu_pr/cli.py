@@ -30,7 +30,7 @@ Configure = Callable[[argparse.ArgumentParser], None]
 COMMAND_MODULES: list[str] = [
     "tcmu_pr.demo", "tcmu_pr.bench_store", "tcmu_pr.bench_pr", "tcmu_pr.bench_ring",
     "tcmu_pr.layout",
-    "tcmu_pr.daemon.main",
+    "tcmu_pr.daemon.main", "tcmu_pr.system_install",
 ]
 
 
@@ -54,6 +54,7 @@ COMMANDS: dict[tuple[str, ...], Command] = {}
 GROUPS: dict[str, str] = {
     "pr": "inspect and change a LU's persistent-reservation state",
     "bench": "measurements",
+    "system": "set a gateway host up (systemd, D-Bus)",
 }
 
 

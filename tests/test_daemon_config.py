@@ -13,7 +13,7 @@ from tcmu_pr.daemon.topology import Placement, TopologyEntry, TopologyError, pla
 from tcmu_pr.nexus import Nexus
 from tcmu_pr.store_spec import StoreSpec
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "tcmu-pr.conf"
+EXAMPLE = Path(__file__).parent.parent / "tcmu_pr" / "system" / "tcmu-pr.conf"
 NA = Nexus.parse("iqn.1994-05.com.redhat:a,i,0x1,iqn.2003-01.org.gw:x,t,0x1")
 NB = Nexus.parse("iqn.1994-05.com.redhat:b,i,0x2,iqn.2003-01.org.gw:x,t,0x1")
 STORE = StoreSpec.parse("file:/srv/lu0.img")

@@ -1,7 +1,7 @@
 """The daemon's own configuration file: TOML, every key optional, unknown keys refused.
 
 Why TOML: Python reads it without a dependency (``tomllib``) and it allows comments, so
-the shipped example (examples/tcmu-pr.conf) can document itself.  A missing file at the
+the shipped example (tcmu_pr/system/tcmu-pr.conf) can document itself.  A missing file at the
 default path means "all defaults", because a gateway that only exports LUs listed in the
 topology file needs no settings at all; a path given on the command line must exist.
 Every error names the file, the key and what was expected, and nothing starts on a bad file.
