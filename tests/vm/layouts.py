@@ -65,6 +65,22 @@ true
 """
 
 
+#: Removes the layouts' LUs on both stores (the images, their PR state, LIO's APTPL files),
+#: so the next layout starts from nothing.  A daemon just stopped may hold the RBD image a
+#: moment longer (its watch): the removal retries.
+FRESH = f"""
+rm -rf /var/lib/tcmu-pr /var/target/pr/* /etc/target/pr/*
+if [[ -f {GUEST_CEPH}/ceph.conf ]]; then
+    for _ in $(seq 60); do
+        out=$(rbd --conf {GUEST_CEPH}/ceph.conf rm {RBD_STORE[4:]} 2>&1) && break
+        grep -q "No such file" <<<"$out" && break
+        sleep 0.5
+    done
+fi
+true
+"""
+
+
 class Runner(Protocol):
     def run(self, script: str, *, env: dict[str, str] | None = None,
             timeout: float = 600.0) -> tuple[int, str]: ...
@@ -107,10 +123,12 @@ def parse_exports(text: str) -> dict[str, str]:
     return env
 
 
-def setup(vm: Runner, layout: str, *, timeout: float = 600.0) -> dict[str, str]:
-    """Reset the VM, set ``layout`` up, and return its exported variables (+ GUEST_ENV)."""
+def setup(vm: Runner, layout: str, *, timeout: float = 600.0,
+          fresh: bool = False) -> dict[str, str]:  # fmt: skip
+    """Reset the VM, set ``layout`` up, and return its exported variables (+ GUEST_ENV).
+    ``fresh``: remove the LUs first (new images, no PR state)."""
     cmd = command(layout)
-    rc, out = vm.run(RESET, timeout=120)
+    rc, out = vm.run(RESET + (FRESH if fresh else ""), timeout=180)
     if rc != 0:
         raise LayoutError(f"reset failed ({rc}):\n{out}")
     if not cmd:

@@ -27,20 +27,8 @@ HERE = Path(__file__).resolve().parent
 EXPECTED = HERE / "expected"
 SCENARIO = "bash /mnt/repo/tests/vm/scenarios/sg-persist-full.sh"
 IOCTL = "python3 /mnt/repo/tests/vm/tools/pr_ioctl.py"
-IMAGE_DIR = "/var/lib/tcmu-pr"  # loopback-mpath's default image and its PR sidecar live here
 SIZE = 256 << 20  # loopback-mpath's default LU size, on either store
 STORES = ("file", "rbd")
-#: Removes the @rbd layouts' image (a new one has no PR state).  A daemon just stopped may hold
-#: the image for a moment (its watch): retry.
-RBD_FRESH = f"""
-if [[ -f {layouts.GUEST_CEPH}/ceph.conf ]]; then
-    for _ in $(seq 60); do
-        out=$(rbd --conf {layouts.GUEST_CEPH}/ceph.conf rm {layouts.RBD_STORE[4:]} 2>&1) && break
-        grep -q "No such file" <<<"$out" && break
-        sleep 0.5
-    done
-fi
-"""
 
 
 def sh(vm, script: str, *, env: dict[str, str] | None = None, check: bool = True,
@@ -60,9 +48,7 @@ def store(request) -> str:
 
 def fresh(vm, backend: str = "ours", store: str = "file") -> dict[str, str]:
     """The loopback-mpath layout with a new image, no PR state and no APTPL leftovers."""
-    sh(vm, layouts.RESET, timeout=120)
-    sh(vm, f"rm -rf {IMAGE_DIR} /var/target/pr/*" + RBD_FRESH, timeout=120)
-    return layouts.setup(vm, f"loopback-mpath:{backend}@{store}")
+    return layouts.setup(vm, f"loopback-mpath:{backend}@{store}", fresh=True)
 
 
 def steps(transcript: str) -> list[tuple[str, str]]:
