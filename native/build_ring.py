@@ -26,14 +26,16 @@ CDEF = """
 #define RING_ERR_NOT_CMD ...
 #define RING_ERR_IOV ...
 #define RING_MAX_PUNTS ...
+#define RING_MAX_INFLIGHT ...
 
 struct ring_backend_ops { ...; };
 struct ring_file_backend { int fd; ...; };
 const struct ring_backend_ops *tcmu_ring_file_ops(void);
+const struct ring_backend_ops *tcmu_ring_file_deferred_ops(void);
 
 struct ring_stats {
     uint64_t cmds; uint64_t fast; uint64_t punted; uint64_t conflicts; uint64_t bad;
-    uint64_t tmrs; uint64_t pads; uint64_t kicks;
+    uint64_t tmrs; uint64_t pads; uint64_t kicks; uint64_t submitted;
 };
 struct ring_ctx {
     uint32_t cmdr_off; uint32_t cmdr_size; uint64_t data_off; uint16_t mb_flags;

@@ -14,7 +14,8 @@
  * "disk" is memory with its own bounds checks, so a transfer outside the device aborts.
  *
  * Input layout (big-endian; missing bytes read as 0): sel u8 (bit 0: allow an unaligned ring
- * size, bit 1: cmdr_off byte follows, bit 2: cmd_tail follows, bit 3: no data-in answers),
+ * size, bit 1: cmdr_off byte follows, bit 2: cmd_tail follows, bit 3: no data-in answers,
+ * bit 4: the backend has submit/reap, bit 5: and refuses every submit),
  * cmdr_size-64 u16, data_size u16, [cmdr_off-128 u8], the ring and data area bytes, flags
  * u8, [cmd_tail u16], cmd_head u16, device blocks u16, verdict u8, then per punt round:
  * rewrites (count u8, then offset u16 + byte each), per punt data-in length u16, sense
@@ -72,6 +73,42 @@ static int mem_flush(void *b)
 
 static const struct ring_backend_ops mem_ops = { mem_readv, mem_writev, mem_flush };
 
+/* The submit/reap path: the transfer runs at reap, from the array submit was given (ASan
+ * sees a use after its lifetime), or submit refuses it. */
+struct pending {
+	const struct iovec *iov;
+	int cnt, write;
+	uint64_t off;
+};
+
+static int mem_submit(void *b, int write, const struct iovec *iov, int cnt, uint64_t off,
+		      void **h)
+{
+	struct pending *p;
+
+	if (b) /* a non-NULL context: the backend refuses every submit */
+		return -EAGAIN;
+	p = malloc(sizeof(*p));
+	if (!p)
+		abort();
+	*p = (struct pending){ iov, cnt, write, off };
+	*h = p;
+	return 0;
+}
+
+static ssize_t mem_reap(void *b, void *h)
+{
+	struct pending *p = h;
+	ssize_t n = xfer(p->iov, p->cnt, p->off, p->write);
+
+	(void)b;
+	free(p);
+	return n;
+}
+
+static const struct ring_backend_ops mem_aio_ops = { mem_readv, mem_writev, mem_flush,
+						     mem_submit, mem_reap };
+
 struct input {
 	const uint8_t *p;
 	size_t left;
@@ -126,7 +163,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	mb->cmd_head = take(&in, 2) % (cmdr_size + 16);
 
 	uint64_t dev_size = (uint64_t)take(&in, 2) * 512 % (DISK_SIZE + 512);
-	if (tcmu_ring_init(&ctx, map, map_size, devnull, &mem_ops, NULL, dev_size, 512)) {
+	const struct ring_backend_ops *ops = sel & 0x10 ? &mem_aio_ops : &mem_ops;
+
+	if (tcmu_ring_init(&ctx, map, map_size, devnull, ops, sel & 0x20 ? disk : NULL, dev_size,
+			   512)) {
 		free(map);
 		return 0;
 	}

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -34,7 +35,7 @@ _Static_assert(sizeof(struct iovec) == 16, "iovec");
 
 #define ENTRY_IOV_OFF 48u
 #define ENTRY_MIN_LEN ((uint32_t)sizeof(struct tcmu_cmd_entry))
-#define IOV_CHUNK 64 /* iovecs handed to one readv/writev call */
+#define IOV_CHUNK RING_IOV_CHUNK
 
 #define ST_GOOD 0x00
 #define ST_CHECK_CONDITION 0x02
@@ -75,6 +76,48 @@ const struct ring_backend_ops ring_file_ops = {
 const struct ring_backend_ops *tcmu_ring_file_ops(void)
 {
 	return &ring_file_ops;
+}
+
+struct file_deferred {
+	const struct iovec *iov;
+	int cnt;
+	int write;
+	uint64_t off;
+};
+
+static int file_submit(void *b, int write, const struct iovec *iov, int cnt, uint64_t off,
+		       void **h)
+{
+	struct file_deferred *d = malloc(sizeof(*d));
+
+	if (!d)
+		return -ENOMEM;
+	*d = (struct file_deferred){ iov, cnt, write, off };
+	*h = d;
+	return 0;
+}
+
+static ssize_t file_reap(void *b, void *h)
+{
+	struct file_deferred *d = h;
+	ssize_t n = d->write ? file_writev(b, d->iov, d->cnt, d->off)
+			     : file_readv(b, d->iov, d->cnt, d->off);
+
+	free(d);
+	return n;
+}
+
+static const struct ring_backend_ops ring_file_deferred_ops = {
+	.readv = file_readv,
+	.writev = file_writev,
+	.flush = file_flush,
+	.submit = file_submit,
+	.reap = file_reap,
+};
+
+const struct ring_backend_ops *tcmu_ring_file_deferred_ops(void)
+{
+	return &ring_file_deferred_ops;
 }
 
 /* ---- small helpers ----------------------------------------------------------------- */
@@ -297,6 +340,73 @@ static int data_io(struct ring_ctx *ctx, const uint8_t *ent, uint32_t cnt, int w
 	return 0;
 }
 
+/* Answer every submitted command, in submission order. */
+static void reap_all(struct ring_ctx *ctx)
+{
+	for (uint32_t i = 0; i < ctx->n_inflight; i++) {
+		struct ring_inflight *f = &ctx->inflight[i];
+		ssize_t r = ctx->ops->reap(ctx->backend, f->h);
+
+		if (r >= 0 && (uint64_t)r == f->bytes)
+			write_rsp(f->ent, ST_GOOD, NULL, 0);
+		else if (f->write)
+			fail(ctx, f->ent, SENSE_WRITE_ERROR);
+		else
+			fail(ctx, f->ent, SENSE_READ_ERROR);
+	}
+	ctx->n_inflight = 0;
+}
+
+/*
+ * Start a data command through ops->submit; its answer is written when reaped. Returns 1
+ * when the command is answered or will be, 0 when it must take the synchronous path (more
+ * iovecs than one call takes). The iovecs are checked and copied before anything starts,
+ * and the entry is not read again: its response overlays them.
+ */
+static int submit_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *ent, uint32_t cnt,
+		      int write, uint64_t off, uint64_t bytes)
+{
+	struct ring_inflight *f;
+	struct iovec *v;
+	uint64_t o, l, total = 0;
+	int n = 0;
+
+	if (cnt > IOV_CHUNK)
+		return 0;
+	if (ctx->n_inflight == RING_MAX_INFLIGHT)
+		reap_all(ctx);
+	f = &ctx->inflight[ctx->n_inflight];
+	v = f->iov;
+	for (uint32_t i = 0; i < cnt; i++) {
+		if (entry_iov(ctx, (const uint8_t *)ent, i, &o, &l)) {
+			fail(ctx, ent, SENSE_INTERNAL_TARGET_FAILURE);
+			return 1;
+		}
+		if (l > bytes - total)
+			l = bytes - total;
+		if (!l)
+			continue;
+		v[n].iov_base = ctx->map + o;
+		v[n].iov_len = l;
+		n++;
+		total += l;
+	}
+	if (!total) { /* nothing wanted: as the synchronous path answers */
+		write_rsp(ent, ST_GOOD, NULL, 0);
+		return 1;
+	}
+	if (ctx->ops->submit(ctx->backend, write, v, n, off, &f->h)) {
+		write ? fail(ctx, ent, SENSE_WRITE_ERROR) : fail(ctx, ent, SENSE_READ_ERROR);
+		return 1;
+	}
+	f->ent = ent;
+	f->bytes = total;
+	f->write = write;
+	ctx->n_inflight++;
+	ctx->stats.submitted++;
+	return 1;
+}
+
 static int64_t now_ms(void)
 {
 	struct timespec ts;
@@ -389,6 +499,14 @@ static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *e
 		fail(ctx, ent, SENSE_LBA_OUT_OF_RANGE);
 		return DONE;
 	}
+	ctx->stats.fast++;
+	/* FUA needs its own flush after its data: that one takes the synchronous path */
+	if (ctx->ops->submit && !fua &&
+	    submit_cmd(ctx, ent, (uint32_t)cnt, write, lba * ctx->block_size,
+		       blocks * ctx->block_size))
+		return DONE;
+	if (ctx->n_inflight) /* what went before lands before a flush or a long transfer */
+		reap_all(ctx);
 	int r = data_io(ctx, raw, (uint32_t)cnt, write, lba * ctx->block_size,
 			blocks * ctx->block_size);
 	if (r == 0 && fua && ctx->ops->flush(ctx->backend))
@@ -399,7 +517,6 @@ static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *e
 		write ? fail(ctx, ent, SENSE_WRITE_ERROR) : fail(ctx, ent, SENSE_READ_ERROR);
 	else
 		write_rsp(ent, ST_GOOD, NULL, 0);
-	ctx->stats.fast++;
 	return DONE;
 }
 
@@ -413,7 +530,7 @@ int tcmu_ring_init(struct ring_ctx *ctx, void *map, uint64_t map_size, int kick_
 
 	memset(ctx, 0, sizeof(*ctx));
 	if (!map || map_size < sizeof(*mb) || !ops || !ops->readv || !ops->writev || !ops->flush ||
-	    !block_size || (uintptr_t)map % TCMU_OP_ALIGN_SIZE)
+	    !ops->submit != !ops->reap || !block_size || (uintptr_t)map % TCMU_OP_ALIGN_SIZE)
 		return -EINVAL;
 	if (mb->version != TCMU_MAILBOX_VERSION)
 		return RING_ERR_MAILBOX;
@@ -536,6 +653,8 @@ static int process(struct ring_ctx *ctx, uint32_t *punts, uint32_t max_punts)
 		}
 		ctx->scan = (scan + len) % size;
 	}
+	/* every answer is written before punts reach Python or the tail moves */
+	reap_all(ctx);
 	if (n)
 		return (int)n;
 	tcmu_ring_commit(ctx);

@@ -75,11 +75,24 @@ struct tcmu_cmd_entry {
 
 /* ---- backend ops: how the fast path reaches the data ----------------------------- */
 
-/* Return bytes transferred or -errno, like preadv/pwritev; flush returns 0 or -errno. */
+/*
+ * Return bytes transferred or -errno, like preadv/pwritev; flush returns 0 or -errno.
+ *
+ * submit/reap (both or neither) let a backend with its own queue (librbd) overlap the
+ * commands of a batch: submit starts a transfer of the whole iovec array and returns 0
+ * with a handle in *h, or -errno having started nothing; reap waits for that handle,
+ * releases it and returns the bytes transferred or -errno. The iovec array and the
+ * buffers it points at stay valid until reap (librbd keeps the array's address for a read
+ * and fills it at completion). The loop reaps everything it submitted before a call
+ * returns, so no transfer outlives a batch.
+ */
 struct ring_backend_ops {
 	ssize_t (*readv)(void *backend, const struct iovec *iov, int cnt, uint64_t off);
 	ssize_t (*writev)(void *backend, const struct iovec *iov, int cnt, uint64_t off);
 	int (*flush)(void *backend);
+	int (*submit)(void *backend, int write, const struct iovec *iov, int cnt, uint64_t off,
+		      void **h);
+	ssize_t (*reap)(void *backend, void *h);
 };
 
 struct ring_file_backend {
@@ -89,6 +102,10 @@ struct ring_file_backend {
 extern const struct ring_backend_ops ring_file_ops;
 /* &ring_file_ops for Python: cffi hands out a copy of a const global, not its address. */
 const struct ring_backend_ops *tcmu_ring_file_ops(void);
+/* The file ops with submit/reap: the transfer runs at reap, from the iovec array submit
+ * was given (as librbd reads it at completion). The loop's asynchronous path, testable
+ * and measurable without Ceph. */
+const struct ring_backend_ops *tcmu_ring_file_deferred_ops(void);
 
 /* ---- the loop ---------------------------------------------------------------------- */
 
@@ -106,6 +123,17 @@ const struct ring_backend_ops *tcmu_ring_file_ops(void);
 #define RING_ERR_IOV -1006     /* iovec outside the data area */
 
 #define RING_MAX_PUNTS 64
+#define RING_MAX_INFLIGHT 64 /* submitted transfers awaiting reap */
+#define RING_IOV_CHUNK 64    /* iovecs handed to one backend call */
+
+/* A submitted command: answered when reaped. Its iovecs live here until then. */
+struct ring_inflight {
+	struct tcmu_cmd_entry *ent;
+	void *h;
+	uint64_t bytes; /* what the command moves: anything less is an error */
+	int write;
+	struct iovec iov[RING_IOV_CHUNK];
+};
 
 struct ring_stats {
 	uint64_t cmds;      /* CMD entries consumed */
@@ -116,6 +144,7 @@ struct ring_stats {
 	uint64_t tmrs;
 	uint64_t pads;
 	uint64_t kicks;
+	uint64_t submitted; /* fast-path commands that went through submit/reap */
 };
 
 struct ring_ctx {
@@ -143,6 +172,8 @@ struct ring_ctx {
 	/* Lease deadline (CLOCK_MONOTONIC_COARSE, ms) for the fast path; 0: none. Past it,
 	 * every command is punted: Python re-validates the PR state before answering. */
 	uint64_t lease_ms;
+	uint32_t n_inflight;
+	struct ring_inflight inflight[RING_MAX_INFLIGHT];
 };
 
 /* Validate the mailbox and fill ctx. 0 or a RING_ERR_* / -errno. map and the mailbox's

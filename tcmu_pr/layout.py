@@ -46,12 +46,14 @@ BACKENDS: dict[str, tuple[str, str | None]] = {
     # tcmu-runner's qcow handler also serves raw images; an RBD store gets its rbd handler.
     "tcmu-runner": ("user", "qcow"),
     "fileio": ("fileio", None),
+    # LIO iblock on a block device (e.g. a krbd-mapped /dev/rbdN: the in-kernel ceiling).
+    "block": ("block", None),
     "ramdisk": ("ramdisk", None),
 }
 FABRICS = ("loopback", "iscsi")
 
 #: configfs directory prefix of each backstore kind (``core/<prefix>_<index>/<name>``).
-_HBA_DIR = {"user": "user", "fileio": "fileio", "ramdisk": "rd_mcp"}
+_HBA_DIR = {"user": "user", "fileio": "fileio", "block": "iblock", "ramdisk": "rd_mcp"}
 _LU_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 _DEVICE_NAME = re.compile(r"(?P<lu>[A-Za-z0-9][A-Za-z0-9_-]{0,31})\.p\d+\.i\d+")
 
@@ -105,8 +107,8 @@ class Device:
     """One storage object that must exist."""
 
     name: str
-    kind: str  # user | fileio | ramdisk
-    config: str  # TCMU dev_config, fileio path, '' for ramdisk
+    kind: str  # user | fileio | block | ramdisk
+    config: str  # TCMU dev_config, fileio file or block device path, '' for ramdisk
     serial: str  # VPD unit serial: the same on every device of one LU
     attributes: dict[str, str]
 
@@ -361,7 +363,7 @@ class LIOLayout:
             return False
         if dev.kind == "user":
             return _read(f"{so.path}/attrib/dev_config") == dev.config
-        if dev.kind == "fileio":
+        if dev.kind in ("fileio", "block"):
             return bool(so.udev_path == dev.config)
         return True
 
@@ -370,6 +372,8 @@ class LIOLayout:
         if dev.kind == "fileio":
             return rts.FileIOStorageObject(dev.name, dev=dev.config, size=size, wwn=dev.serial,
                                            write_back=False, index=index)
+        if dev.kind == "block":  # its size is the device's
+            return rts.BlockStorageObject(dev.name, dev=dev.config, wwn=dev.serial, index=index)
         if dev.kind == "ramdisk":
             return rts.RDMCPStorageObject(dev.name, size=size, wwn=dev.serial, index=index)
         try:
@@ -519,6 +523,8 @@ class LIOLayout:
                     row[a] = so.get_attribute(a)
             elif so.plugin == "fileio":
                 row["file"] = so.udev_path
+            elif so.plugin == "block":
+                row["device"] = so.udev_path
             storage.append(row)
         targets = []
         for target in self.root.targets:
@@ -596,17 +602,21 @@ def _write(path: str, text: str) -> None:
 
 
 def store_size(spec: Spec) -> int:
-    """The exported size: the spec's, else the image file's (an empty file is an error)."""
-    if spec.size is not None:
+    """The exported size: the spec's, else the image file's or block device's (an empty one
+    is an error).  A block backstore always exports the whole device: a 'size' must match."""
+    if spec.size is not None and spec.backend != "block":
         return spec.size
     if not spec.path:
         raise LayoutError("an rbd store needs 'size' in the spec")
     try:
-        size = os.stat(spec.path).st_size
+        with open(spec.path, "rb") as f:  # seek: st_size is 0 for a block device
+            size = f.seek(0, os.SEEK_END)
     except OSError as err:
         raise LayoutError(f"{spec.path}: {err.strerror}") from None
     if size < 4096:
         raise LayoutError(f"{spec.path}: image is {size} bytes; give 'size' or grow it")
+    if spec.backend == "block" and spec.size not in (None, size):
+        raise LayoutError(f"{spec.path}: the device has {size} bytes, the spec says {spec.size}")
     return size
 
 

@@ -58,10 +58,13 @@ def make_device(
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     if os.fstat(fd).st_size < size:
         os.ftruncate(fd, size)
-    if kind == "native":
+    if kind in ("native", "native-deferred"):
         from tcmu_pr.ring.native import NativeRing
 
-        ring: RingLoop = NativeRing(sim.mm, sim.kick_fd, fd, size, BLOCK, module=module)
+        ring: RingLoop = NativeRing(
+            sim.mm, sim.kick_fd, fd, size, BLOCK, module=module,
+            deferred=kind == "native-deferred",
+        )  # fmt: skip
     else:
         from tcmu_pr.ring.pyloop import PyRing
 

@@ -117,6 +117,8 @@ def test_shared_lio_backend_is_one_device_for_every_path() -> None:
                                                                    "/srv/lu0.img")]
     assert {e.device for e in plan.exports} == {"lu0"}
     assert layout.topology_entries(plan, {"lu0": "fileio_0"}) == {}
+    block = layout.plan(spec_of(LOOP, backend="block", store="file:/dev/rbd0"))
+    assert [(d.name, d.kind, d.config) for d in block.devices] == [("lu0", "block", "/dev/rbd0")]
 
 
 def test_topology_rows_are_what_the_daemon_reads() -> None:
@@ -202,6 +204,16 @@ def test_store_size_from_file(tmp_path: Path) -> None:
     assert layout.store_size(spec_of(LOOP, store=f"file:{img}", size=4096)) == 4096
     with pytest.raises(layout.LayoutError, match="No such file"):
         layout.store_size(spec_of(LOOP, store=f"file:{tmp_path}/missing.img"))
+
+
+def test_a_block_backstore_exports_the_whole_device(tmp_path: Path) -> None:
+    dev = tmp_path / "dev"  # the size is read by seeking, as for a block device
+    dev.write_bytes(b"\0" * 8192)
+    assert layout.store_size(spec_of(LOOP, backend="block", store=f"file:{dev}")) == 8192
+    assert layout.store_size(spec_of(LOOP, backend="block", store=f"file:{dev}",
+                                     size=8192)) == 8192  # fmt: skip
+    with pytest.raises(layout.LayoutError, match="the device has 8192 bytes"):
+        layout.store_size(spec_of(LOOP, backend="block", store=f"file:{dev}", size=4096))
 
 
 def test_cli_rejects_a_bad_spec_without_touching_lio(tmp_path: Path,

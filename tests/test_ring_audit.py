@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 INQUIRY = bytes([0x12, 0, 0, 0, 96, 0])
 
 
-@pytest.fixture(params=["native", "python"])
+@pytest.fixture(params=["native", "native-deferred", "python"])
 def dev(request, tmp_path):
     d = make_device(request.param, tmp_path, cmdr_size=8192, data_size=64 * 1024)
     yield d
@@ -161,8 +161,9 @@ def test_closed_ring_refuses_to_run(dev):
 # -- the fuzz harness, driven by its own mutator under ASan/UBSan -------------------------
 
 
-def _seed(cdbs: list[tuple[bytes, int]], *, verdict: int = 3) -> bytes:
-    """One fuzz input (layout in native/fuzz_ring.c): good entries with 256-byte iovecs."""
+def _seed(cdbs: list[tuple[bytes, int]], *, verdict: int = 3, sel: int = 0) -> bytes:
+    """One fuzz input (layout in native/fuzz_ring.c): good entries with 256-byte iovecs;
+    ``sel`` 0x10 serves them through submit/reap, 0x30 with every submit refused."""
     cmdr, data = 4096, 8192
     data_off = L.MAILBOX_SIZE + cmdr
     ring = bytearray(cmdr + data)
@@ -175,7 +176,7 @@ def _seed(cdbs: list[tuple[bytes, int]], *, verdict: int = 3) -> bytes:
         ring[at : at + len(ent)] = ent
         ring[at + body : at + body + len(cdb)] = cdb
         at += size
-    head = bytes([0]) + struct.pack(">HH", cmdr - 64, data)
+    head = bytes([sel]) + struct.pack(">HH", cmdr - 64, data)
     tail = bytes([L.FLAG_CAP_READ_LEN]) + struct.pack(">HH", at, 64) + bytes([verdict])
     script = bytes([1, 0, 20, 0x77]) + struct.pack(">H", 300) + bytes([18, 2]) * 8
     return head + bytes(ring) + tail + script
@@ -194,9 +195,12 @@ def test_fuzz_harness_under_asan_and_ubsan(tmp_path):
     rw16 = struct.pack(">BBQIBB", 0x88, 0, 0, 1, 0, 0)
     variable = bytes([0x7F]) + bytes(6) + bytes([24]) + bytes(24)
     pr_out = bytes([0x5F, 1]) + bytes(8)
+    mix = [(rw10(False, 1, 1), 2), (rw10(True, 3, 1, flags=8), 2), (INQUIRY, 1), (rw16, 2),
+           (rw10(True, 5, 2), 2)]  # fmt: skip
     seeds = {
-        "mix": _seed([(rw10(False, 1, 1), 2), (rw10(True, 3, 1, flags=8), 2), (INQUIRY, 1),
-                      (rw16, 2)]),
+        "mix": _seed(mix),
+        "mix-submit": _seed(mix, sel=0x10),
+        "mix-refused": _seed(mix, sel=0x30),
         "var": _seed([(variable, 1), (pr_out, 1), (bytes([8, 0, 0, 1, 1, 0]), 2)]),
         "conflict": _seed([(rw10(True, 3, 1), 2), (rw10(False, 3, 1), 2)], verdict=1),
     }

@@ -8,7 +8,7 @@ from ring_support import BLOCK, close_device, fixed_sense, make_device, rw10
 from tcmu_pr import scsi
 from tcmu_pr.ring.handler import PRHooks, RingHandler, default_emulate
 
-KINDS = ["native", "python"]
+KINDS = ["native", "native-deferred", "python"]
 UA_SENSE = fixed_sense(6, 0x2A, 0x03)
 
 

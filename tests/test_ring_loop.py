@@ -37,7 +37,7 @@ LBA_RANGE = fixed_sense(0x5, 0x21, 0)
 INTERNAL = fixed_sense(0x4, 0x44, 0)
 READ_ERROR = fixed_sense(0x3, 0x11, 0)
 
-KINDS = ["native", "python"]
+KINDS = ["native", "native-deferred", "python"]  # deferred: the submit/reap path
 
 
 @pytest.fixture(params=KINDS)
@@ -380,10 +380,10 @@ def test_bad_mailbox_is_refused(tmp_path):
             packer.pack_into(sim.mm, field, value)
             fd = os.open(tmp_path / "x", os.O_RDWR | os.O_CREAT, 0o600)
             with pytest.raises(RingError):
-                if kind == "native":
+                if kind.startswith("native"):
                     from tcmu_pr.ring.native import NativeRing
 
-                    NativeRing(sim.mm, sim.kick_fd, fd, 4096, 512)
+                    NativeRing(sim.mm, sim.kick_fd, fd, 4096, 512, deferred=kind != "native")
                 else:
                     from tcmu_pr.ring.pyloop import PyRing
 
@@ -431,9 +431,11 @@ def test_native_and_python_answer_alike(tmp_path):
                 answers.append([(c.status, c.sense[:18] if c.status == 2 else b"", c.data)
                                 for c in d.sim.reap()])  # fmt: skip
             # data-in of GOOD reads comes from the backing files, which got the same writes
-            assert answers[0] == answers[1], seed
-        assert devs[0].ring.stats() == devs[1].ring.stats()
-        assert devs[0].read_file(0, devs[0].size) == devs[1].read_file(0, devs[1].size)
+            assert all(a == answers[0] for a in answers), seed
+        stats = [d.ring.stats() for d in devs]
+        assert [st.pop("submitted") > 0 for st in stats] == [False, True, False]
+        assert all(st == stats[-1] for st in stats)
+        assert all(d.read_file(0, d.size) == devs[0].read_file(0, d.size) for d in devs)
     finally:
         for d in devs:
             close_device(d)

@@ -42,7 +42,8 @@ CHILD = textwrap.dedent(
 
     for it in range(int(sys.argv[5])):
         sim = RingSimulator(cmdr_size=4096, data_size=64 * 1024, heap=True)
-        ring = NativeRing(sim.mm, sim.kick_fd, fd, SIZE, BLOCK, module=mod)
+        ring = NativeRing(sim.mm, sim.kick_fd, fd, SIZE, BLOCK, module=mod,
+                          deferred=rnd.random() < 0.5)
         ring.verdict = rnd.choice((0, 1, 2, 3, 7))
         try:
             for _ in range(rnd.randint(1, 12)):

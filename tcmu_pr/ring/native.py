@@ -38,7 +38,7 @@ class NativeBackend(Protocol):
     def detach(self) -> None: ...
 
 
-_STATS = ("cmds", "fast", "punted", "conflicts", "bad", "tmrs", "pads", "kicks")
+_STATS = ("cmds", "fast", "punted", "conflicts", "bad", "tmrs", "pads", "kicks", "submitted")
 
 
 def load(module: ModuleType | None = None) -> ModuleType:
@@ -59,6 +59,8 @@ class NativeRing:
     kernel is told about completions through (the uio fd itself, or the simulator's pipe).
     ``backend`` holds the data: a file descriptor, or a :class:`NativeBackend` such as
     ``RbdRingBackend(image)``, which the ring attaches now and detaches in :meth:`close`.
+    ``deferred`` serves a file descriptor through the loop's submit/reap path, the one RBD
+    takes, so that path is tested and measured without Ceph.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class NativeRing:
         block_size: int,
         *,
         module: ModuleType | None = None,
+        deferred: bool = False,
     ) -> None:
         mod = load(module)
         self._ffi: Any = mod.ffi
@@ -80,7 +83,9 @@ class NativeRing:
         if isinstance(backend, int):
             self._backend = self._ffi.new("struct ring_file_backend *")
             self._backend.fd = backend
-            ops = self._lib.tcmu_ring_file_ops()
+            # deferred: the loop's submit/reap path on a plain file (tests, benchmarks)
+            lib = self._lib
+            ops = lib.tcmu_ring_file_deferred_ops() if deferred else lib.tcmu_ring_file_ops()
         else:
             ops, self._backend = self._attach(backend)
         self._buf = self._ffi.from_buffer(mm)

@@ -90,7 +90,8 @@ class PyRing:
         self._pending: dict[int, int] = {}
         self._closed = False
         self._stats = dict.fromkeys(
-            ("cmds", "fast", "punted", "conflicts", "bad", "tmrs", "pads", "kicks"), 0
+            ("cmds", "fast", "punted", "conflicts", "bad", "tmrs", "pads", "kicks", "submitted"),
+            0,  # submitted: never (one command at a time)
         )
 
     # -- the loop ---------------------------------------------------------------------

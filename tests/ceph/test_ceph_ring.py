@@ -222,3 +222,24 @@ def test_image_cannot_close_under_an_attached_ring(ceph_conf: str, rbd_image: st
         ring.process()
     image.close()  # detached: now it may
     sim.close()
+
+
+def test_a_batch_of_writes_and_reads_overlaps_in_librbd(dev: RbdDevice, rados_ioctx: Any,
+                                                        rbd_image: str):
+    """Queue depth 16, as fio drives it: every command of a batch is in librbd at once, and
+    each answer is written only once its own transfer completed."""
+    rnd = __import__("random").Random(7)
+    written: dict[int, bytes] = {}
+    for _ in range(20):
+        lbas = rnd.sample(range(0, IMAGE_SIZE // BLOCK, 8), 16)
+        for lba in lbas:
+            written[lba] = rnd.randbytes(8 * BLOCK)
+            dev.sim.queue(rw10(True, lba, 8), data_out=written[lba])
+        assert [c.status for c in dev.run()] == [0] * 16
+        reads = rnd.sample(sorted(written), min(16, len(written)))
+        for lba in reads:
+            dev.sim.queue(rw16(False, lba, 8), data_in=8 * BLOCK)
+        assert [c.data for c in dev.run()] == [written[lba] for lba in reads]
+    assert dev.ring.stats()["submitted"] == dev.ring.stats()["fast"]
+    lba = next(iter(written))
+    assert _python_rbd_read(rados_ioctx, rbd_image, lba * BLOCK, 8 * BLOCK) == written[lba]

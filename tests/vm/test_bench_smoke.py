@@ -23,3 +23,16 @@ def test_bench_runs_every_backend_and_prints_ratios(vm) -> None:
     # 128 KiB blocks: MB/s is IOPS x 0.131
     seq = next(r for r in results if r.case == "seqwrite128k")
     assert seq.mb_s == pytest.approx(seq.iops * 131072 / 1e6, rel=0.05)
+
+
+def test_bench_on_rbd_runs_ours_tcmu_runner_and_krbd(vm) -> None:
+    """The rbd store: our daemon, tcmu-runner's rbd handler and LIO iblock on krbd, on one
+    image of the guest's cluster; CPU ratios against tcmu-runner, none for the kernel."""
+    backends = bench.STORE_BACKENDS["rbd"]
+    results = bench.bench(vm, backends, ["randwrite4k"], seconds=1, ramp=0, size_mb=48,
+                          store="rbd")  # fmt: skip
+    assert [r.backend for r in results] == backends
+    assert all(r.iops > 0 for r in results), results
+    assert [r.cpu_us is None for r in results] == [False, False, True], results
+    head = bench.table(results).splitlines()[0]
+    assert "cpu ours/tcmu-runner" in head and "ours/krbd" in head and "cpu ours/krbd" not in head
