@@ -27,6 +27,10 @@ ssize_t rbd_io_readv(struct rbd_io *io, const struct iovec *iov, int iovcnt, uin
 ssize_t rbd_io_writev(struct rbd_io *io, const struct iovec *iov, int iovcnt, uint64_t off);
 int rbd_io_flush(struct rbd_io *io);
 int rbd_io_discard(struct rbd_io *io, uint64_t off, uint64_t len);
+int rbd_io_stripe_period(struct rbd_io *io, uint64_t *period);
+struct rbd_io_extent { uint64_t off; uint64_t len; };
+int rbd_io_allocated(struct rbd_io *io, uint64_t off, uint64_t len, struct rbd_io_extent *out,
+                     size_t cap, size_t *count, uint64_t *next);
 int rbd_io_write_same(struct rbd_io *io, uint64_t off, uint64_t len, const void *pattern,
                       size_t pattern_len);
 int rbd_io_compare_and_write(struct rbd_io *io, uint64_t off, size_t len, const void *cmp,

@@ -220,6 +220,111 @@ int rbd_io_discard(struct rbd_io *io, uint64_t off, uint64_t len)
 	return ret < 0 ? (int)ret : 0;
 }
 
+int rbd_io_stripe_period(struct rbd_io *io, uint64_t *period)
+{
+	rbd_image_info_t info;
+	uint64_t count;
+	int rc;
+
+	if (!io || !period)
+		return -EINVAL;
+	rc = rbd_stat(io->image, &info, sizeof(info));
+	if (rc < 0)
+		return rc;
+	rc = rbd_get_stripe_count(io->image, &count);
+	if (rc < 0)
+		return rc;
+	if (info.obj_size == 0 || count == 0 || info.obj_size > UINT64_MAX / count)
+		return -EOVERFLOW;
+	*period = info.obj_size * count;
+	return 0;
+}
+
+/* What rbd_io_allocated's callback fills; librbd calls it once per extent, in image order
+ * (its ordered throttle), possibly on one of its own threads but never two at once, and
+ * rbd_diff_iterate2 returns only after the last call, so the walk may live on our stack. */
+struct alloc_walk {
+	uint64_t lo, hi;		/* the range asked about */
+	struct rbd_io_extent *out;
+	size_t cap, count;
+	uint64_t next;			/* on -E2BIG: the first allocated byte that did not fit */
+	int err;			/* sticky: once set, every later call returns it */
+};
+
+static int alloc_cb(uint64_t off, size_t len, int exists, void *arg)
+{
+	struct alloc_walk *w = arg;
+	struct rbd_io_extent *last;
+	uint64_t end;
+
+	/* After an abort librbd may still deliver the objects already in flight. */
+	if (w->err)
+		return w->err;
+	if (!exists || len == 0)
+		return 0;
+	if (off < w->lo || off >= w->hi || (uint64_t)len > w->hi - off) {
+		w->err = -EIO;
+		return w->err;
+	}
+	end = off + len;
+	last = w->count ? &w->out[w->count - 1] : NULL;
+	if (last && off < last->off) { /* out of order: the "complete up to" promise breaks */
+		w->err = -EIO;
+		return w->err;
+	}
+	if (last && off <= last->off + last->len) {
+		if (end > last->off + last->len)
+			last->len = end - last->off;
+		return 0;
+	}
+	if (w->count == w->cap) {
+		w->next = off;
+		w->err = -E2BIG;
+		return w->err;
+	}
+	w->out[w->count].off = off;
+	w->out[w->count].len = len;
+	w->count++;
+	return 0;
+}
+
+int rbd_io_allocated(struct rbd_io *io, uint64_t off, uint64_t len, struct rbd_io_extent *out,
+		     size_t cap, size_t *count, uint64_t *next)
+{
+	struct alloc_walk w = { 0 };
+	int rc;
+
+	if (!out || cap == 0 || !count || !next)
+		return -EINVAL;
+	*count = 0;
+	*next = off;
+	rc = check_range(io, off, len);
+	if (rc < 0)
+		return rc;
+	if (len == 0)
+		return 0;
+	w.lo = off;
+	w.hi = off + len;
+	w.out = out;
+	w.cap = cap;
+	/* fromsnap NULL: everything since the image was created; include_parent 1: a clone's
+	 * unwritten objects read its parent's data, so they count as allocated; whole_object 0:
+	 * per-extent answers (librbd then lists each object; its fast-diff object map only
+	 * serves whole-object answers). */
+	rc = rbd_diff_iterate2(io->image, NULL, off, len, 1, 0, alloc_cb, &w);
+	*count = w.count;
+	if (w.err == -E2BIG) {
+		*next = w.next;
+		return -E2BIG;
+	}
+	if (w.err)
+		return w.err;
+	if (rc < 0)
+		return rc;
+	*next = off + len;
+	return 0;
+}
+
 int rbd_io_write_same(struct rbd_io *io, uint64_t off, uint64_t len, const void *pattern,
 		      size_t pattern_len)
 {

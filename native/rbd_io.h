@@ -42,6 +42,26 @@ int rbd_io_flush(struct rbd_io *io);
 /* Deallocate [off, off+len) where whole granules allow, zero the rest: reads return zeros. */
 int rbd_io_discard(struct rbd_io *io, uint64_t off, uint64_t len);
 
+/* Bytes of image one object set covers (object size x stripe count): a discard of whole,
+ * aligned periods removes whole objects, which is what the allocation map below can show. */
+int rbd_io_stripe_period(struct rbd_io *io, uint64_t *period);
+
+/* One allocated byte extent of the image. */
+struct rbd_io_extent {
+	uint64_t off;
+	uint64_t len;
+};
+
+/* The allocated parts of [off, off+len) as librbd's allocation map reports them
+ * (rbd_diff_iterate2 from the image's creation, parent included, extent precision): up to cap
+ * extents, increasing and merged where they touch, into out[0..*count).  Everything in the
+ * range not covered is unallocated and reads as zeros.  Returns 0 when the whole range is
+ * described (*next = off + len); -E2BIG when more extents exist than fit: out[] is valid and
+ * the answer is complete up to *next, where the caller continues; -ERANGE outside the image;
+ * -EIO when librbd reports extents out of order or outside the range (never a guess). */
+int rbd_io_allocated(struct rbd_io *io, uint64_t off, uint64_t len, struct rbd_io_extent *out,
+                     size_t cap, size_t *count, uint64_t *next);
+
 /* Write pattern (pattern_len bytes) repeatedly over [off, off+len); len must be a multiple
  * of pattern_len (-EINVAL otherwise). */
 int rbd_io_write_same(struct rbd_io *io, uint64_t off, uint64_t len, const void *pattern,

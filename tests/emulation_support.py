@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from tcmu_pr.backends.file_data import FileDataBackend
 from tcmu_pr.emulation import DeviceInfo, Emulator
+from tcmu_pr.emulation.provisioning import unmap_granularity
 
 
 def make_emulator(path: str, size: int = 1 << 20, **options: object) -> Emulator:
@@ -21,6 +22,8 @@ def make_emulator(path: str, size: int = 1 << 20, **options: object) -> Emulator
         f.truncate(size)
     backend = FileDataBackend(path, read_only=bool(options.get("read_only", False)))
     options.setdefault("identity", "file:" + os.path.basename(path))
+    block_size = int(options.get("block_size", 512))  # type: ignore[call-overload]
+    options.setdefault("unmap_granularity", unmap_granularity(backend, block_size))
     identity = str(options.pop("identity"))
     return Emulator(DeviceInfo.from_size(identity, backend.size, **options), backend)
 
@@ -51,6 +54,11 @@ def unmap_cdb(param_len: int, anchor: int = 0) -> bytes:
 def unmap_params(ranges: list[tuple[int, int]]) -> bytes:
     descs = b"".join(struct.pack(">QI4x", lba, n) for lba, n in ranges)
     return struct.pack(">HH4x", len(descs) + 6, len(descs)) + descs
+
+
+def get_lba_status_cdb(lba: int, alloc: int = 4096, report: int = 0) -> bytes:
+    """GET LBA STATUS (16): SERVICE ACTION IN (16) 9Eh, service action 12h."""
+    return struct.pack(">BBQIBB", 0x9E, 0x12, lba, alloc, report, 0)
 
 
 # --- decoders ---------------------------------------------------------------------------
@@ -153,6 +161,7 @@ def parse_block_limits(payload: bytes) -> dict:
         "max_unmap_descs": g(24, 4),
         "opt_unmap_granularity": g(28, 4),
         "ugavalid": g(32, 4) >> 31,
+        "unmap_alignment": g(32, 4) & 0x7FFFFFFF,
         "max_write_same": g(36, 8),
     }
 
@@ -167,6 +176,26 @@ def parse_readcap16(buf: bytes) -> dict:
         "lbprz": (buf[14] >> 6) & 1,
         "lowest_aligned": int.from_bytes(buf[14:16], "big") & 0x3FFF,
     }
+
+
+@dataclass
+class LbaStatus:
+    data_length: int  # PARAMETER DATA LENGTH
+    completion: int  # COMPLETION CONDITION
+    rtp: int
+    descriptors: list[tuple[int, int, int]]  # (LBA, NUMBER OF LOGICAL BLOCKS, PROVISIONING STATUS)
+
+
+def parse_lba_status(buf: bytes) -> LbaStatus:
+    """GET LBA STATUS parameter data, as sg_get_lba_status decodes it (only whole descriptors)."""
+    assert len(buf) >= 8, buf.hex()
+    length = int.from_bytes(buf[0:4], "big")
+    descriptors = []
+    for pos in range(8, min(len(buf), length + 4) - 15, 16):
+        d = buf[pos : pos + 16]
+        assert d[12] & 0xF0 == 0 and d[13:16] == bytes(3), d.hex()  # reserved / ADDITIONAL STATUS
+        descriptors.append((int.from_bytes(d[0:8], "big"), int.from_bytes(d[8:12], "big"), d[12]))
+    return LbaStatus(length, (buf[7] >> 1) & 0x07, buf[7] & 0x01, descriptors)
 
 
 def parse_mode(buf: bytes, ten: bool) -> dict:

@@ -59,7 +59,7 @@ def test_read_capacity_16(emu):
     }
     assert len(assert_good(emu.emulate(rc16(alloc=12)))) == 12
     assert_check(emu.emulate(rc16(lba=1)), 0x5, 0x24)
-    assert_check(emu.emulate(rc16(sa=0x12)), 0x5, 0x24)  # GET LBA STATUS: not supported
+    assert_check(emu.emulate(rc16(sa=0x11)), 0x5, 0x24)  # READ LONG (16): not supported
 
 
 def big_device(tmp_path, **options) -> Emulator:

@@ -124,13 +124,17 @@ def test_block_limits(emu):
     assert f["wsnz"] == 1 and f["max_caw"] == 1
     assert f["max_transfer"] == 8 * 1024 * 1024 // 512
     assert f["max_unmap_lbas"] == 0x400000 and f["max_unmap_descs"] == 256
-    assert f["max_write_same"] == 0x10000 and f["ugavalid"] == 0
+    assert f["max_write_same"] == 0x10000
+    # the file's block is what a punch frees whole (4 KiB on ext4: 8 LBAs), aligned at LBA 0
+    assert f["opt_unmap_granularity"] == emu.backend.discard_granularity // 512
+    assert f["ugavalid"] == 1 and f["unmap_alignment"] == 0
 
 
 def test_block_limits_without_thin(tmp_path):
     em = make_emulator(str(tmp_path / "t"), thin=False, block_size=4096)
     f = parse_block_limits(vpd(em, 0xB0))
     assert f["max_unmap_lbas"] == 0 and f["max_unmap_descs"] == 0
+    assert f["opt_unmap_granularity"] == 0 and f["ugavalid"] == 0
     assert f["max_transfer"] == 2048
     prov = vpd(em, 0xB2)
     assert prov[1] == 0 and prov[2] & 0x07 == 0

@@ -88,6 +88,32 @@ def test_punch_hole_frees_space_and_fallback_does_not():
         os.unlink(path)
 
 
+def test_allocation_map_is_the_filesystems_holes(image):
+    with FileDataBackend(image) as b:
+        g = b.discard_granularity
+        assert g == os.stat(image).st_blksize and b.allocation_scan_limit is None
+        assert list(b.allocated(0, 1 << 20)) == []
+        b.write(3 * g + 1, b"x")  # one byte: its whole filesystem block is data
+        b.write(8 * g, b"y" * (2 * g))
+        assert list(b.allocated(0, 1 << 20)) == [(3 * g, g), (8 * g, 2 * g)]
+        assert list(b.allocated(3 * g + 7, g)) == [(3 * g + 7, g - 7)]  # clipped to the range
+        assert list(b.allocated(9 * g, 100)) == [(9 * g, 100)]
+        assert list(b.allocated(4 * g, 4 * g)) == []
+        b.discard(8 * g, g)  # a whole block: a hole again
+        b.discard(3 * g, g - 1)  # not the whole block: zeroed, still allocated
+        assert list(b.allocated(0, 1 << 20)) == [(3 * g, g), (9 * g, g)]
+        assert b.read(3 * g, g) == bytes(g)
+
+
+def test_allocation_map_past_the_end_of_the_file_is_a_hole(image):
+    with FileDataBackend(image) as b:
+        b.write((1 << 20) - 512, b"z" * 512)
+        g = b.discard_granularity
+        assert list(b.allocated(0, 1 << 20)) == [((1 << 20) - g, g)]
+        os.truncate(image, 1 << 19)  # shrunk underneath: the rest reads as zeros
+        assert list(b.allocated(0, 1 << 20)) == []
+
+
 def test_compare_and_write(image):
     with FileDataBackend(image) as b:
         b.write(512, b"A" * 512)

@@ -16,7 +16,7 @@ store it runs on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,7 +54,8 @@ class DataBackend(Protocol):
 
     The native ring loop does READ/WRITE itself through its own C ops table; this is the
     slower, complete interface the SCSI emulation uses (WRITE SAME, UNMAP, COMPARE AND WRITE,
-    SYNCHRONIZE CACHE).  Offsets and lengths are in bytes and already range-checked.
+    SYNCHRONIZE CACHE, GET LBA STATUS).  Offsets and lengths are in bytes and already
+    range-checked.
     """
 
     @property
@@ -70,6 +71,29 @@ class DataBackend(Protocol):
 
     def discard(self, offset: int, length: int) -> None:
         """Deallocate; later reads return zeros."""
+        ...
+
+    @property
+    def discard_granularity(self) -> int:
+        """Bytes, aligned to offset 0, of the unit a discard deallocates only whole: a discard
+        covering whole units shows them unallocated in :meth:`allocated`; partial units are
+        zeroed and may stay allocated.  The Block Limits VPD page announces it."""
+        ...
+
+    @property
+    def allocation_scan_limit(self) -> int | None:
+        """Bytes one :meth:`allocated` query should cover at most, where its cost grows with
+        the bytes rather than the extents (RBD lists objects); None for no limit."""
+        ...
+
+    def allocated(self, offset: int, length: int) -> Iterator[tuple[int, int]]:
+        """(offset, length) of the allocated parts of the range, increasing, disjoint and
+        clipped to it; every byte not covered is deallocated and reads as zeros.
+
+        It may call allocated what holds only zeros, never unallocated what holds data: GET
+        LBA STATUS reports deallocated blocks from it.  Lazy, so a caller that has seen
+        enough stops the walk.
+        """
         ...
 
     def compare_and_write(self, offset: int, expected: bytes, data: bytes) -> int | None:

@@ -2,7 +2,9 @@
 
 Discard punches holes (``fallocate(PUNCH_HOLE | KEEP_SIZE)``), so a sparse image stays
 sparse and discarded blocks read back as zeros (LBPRZ); where the filesystem cannot punch,
-zeros are written instead, which keeps the LBPRZ promise at the cost of space.
+zeros are written instead, which keeps the LBPRZ promise at the cost of space.  The
+allocation map is the filesystem's own (``SEEK_DATA`` / ``SEEK_HOLE``), so what GET LBA STATUS
+calls deallocated is exactly what a punch left as a hole.
 
 COMPARE AND WRITE holds an exclusive open-file-description (OFD) range lock for its
 read-compare-write, so two devices of one LU on this host — separate opens, possibly in
@@ -20,6 +22,7 @@ import os
 import stat
 import struct
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from tcmu_pr.backends.base import StoreError
@@ -99,6 +102,40 @@ class FileDataBackend:
                 raise OSError(err, os.strerror(err))
             self._can_punch = False
         self._write_zeros(offset, length)
+
+    @property
+    def discard_granularity(self) -> int:
+        """The filesystem block (``st_blksize``): holes are whole blocks, so a discard frees
+        only the blocks it covers entirely and zeroes the partial ones, which stay mapped."""
+        return os.fstat(self._fd).st_blksize
+
+    @property
+    def allocation_scan_limit(self) -> None:
+        """No limit: a query costs two ``lseek`` calls per extent, whatever the bytes."""
+        return None
+
+    def allocated(self, offset: int, length: int) -> Iterator[tuple[int, int]]:
+        """The data extents of the range, from ``SEEK_DATA`` / ``SEEK_HOLE``.
+
+        The filesystem answers in whole blocks: a block holding one written byte is data.  A
+        filesystem without hole tracking (and a block device) reports all of it as data,
+        which is never wrong, only less useful.  Past the end of the file is a hole.
+        """
+        end = offset + length
+        while offset < end:
+            try:
+                data = os.lseek(self._fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # no data at or after offset
+                    return
+                raise
+            if data >= end:
+                return
+            hole = os.lseek(self._fd, data, os.SEEK_HOLE)
+            if hole <= data:  # cannot happen on a sane filesystem; never spin
+                raise OSError(errno.EIO, f"SEEK_HOLE did not advance in {self.path}")
+            yield data, min(hole, end) - data
+            offset = hole
 
     def _write_zeros(self, offset: int, length: int) -> None:
         zeros = bytes(min(length, _ZERO_CHUNK))

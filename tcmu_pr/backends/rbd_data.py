@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tcmu_pr.backends.base import StoreError
+
+#: Extents one rbd_io_allocated call may return before the walk continues in another.
+_EXTENTS_PER_CALL = 1024
+#: Bytes one allocation query should cover at most.  librbd lists every object of the range
+#: (one OSD op each, `rbd_concurrent_management_ops` at a time): measured 11-15 ms per GiB
+#: of 4 MiB objects against the loopback test cluster, so 8 GiB stays near 100 ms.
+_SCAN_LIMIT = 8 << 30
 
 
 def native_module() -> Any:
@@ -136,6 +143,51 @@ class RbdImage:
     def discard(self, offset: int, length: int) -> None:
         rc = self._mod.lib.rbd_io_discard(self._live(), offset, length)
         _check(rc, f"discard of {self.name} at {offset}+{length}")
+
+    @property
+    def discard_granularity(self) -> int:
+        """Object size x stripe count: the unit whose whole, aligned discards remove objects.
+
+        A discard inside an object zeroes (librbd's write_zeroes), and the OSD may free that
+        space too, but librbd's allocation map still counts the object up to its size, so
+        only whole periods are sure to read back as deallocated.
+        """
+        period = self._mod.ffi.new("uint64_t *")
+        rc = self._mod.lib.rbd_io_stripe_period(self._live(), period)
+        _check(rc, f"layout of {self.name}")
+        return int(period[0])
+
+    @property
+    def allocation_scan_limit(self) -> int:
+        """Bytes one query should cover: the cost grows with the objects in the range."""
+        return _SCAN_LIMIT
+
+    def allocated(self, offset: int, length: int) -> Iterator[tuple[int, int]]:
+        """The allocated extents of the range, as librbd's allocation map has them.
+
+        librbd counts an object from its start up to its size: a write at 8 KiB into an empty
+        object makes 0..12 KiB allocated; zeroing the middle of an object leaves it allocated;
+        zeroing its tail (a truncate) or all of it (a removal) does not.  Never less than the
+        data, so a block that holds data is never reported unallocated.
+        """
+        ffi, lib = self._mod.ffi, self._mod.lib
+        out = ffi.new("struct rbd_io_extent[]", _EXTENTS_PER_CALL)
+        count = ffi.new("size_t *")
+        following = ffi.new("uint64_t *")
+        end = offset + length
+        while True:  # at least one call: the C layer checks the range, even an empty one
+            rc = lib.rbd_io_allocated(
+                self._live(), offset, end - offset, out, _EXTENTS_PER_CALL, count, following
+            )
+            if rc != -errno.E2BIG:
+                _check(rc, f"allocation map of {self.name} at {offset}+{end - offset}")
+            for i in range(count[0]):
+                yield int(out[i].off), int(out[i].len)
+            if rc == 0:
+                return
+            if following[0] <= offset:  # the C layer promises progress; never spin
+                raise StoreError(errno.EIO, f"allocation map of {self.name} did not advance")
+            offset = int(following[0])
 
     def write_same(self, offset: int, length: int, pattern: bytes) -> None:
         """Repeat ``pattern`` over ``length`` bytes (a multiple of its length)."""

@@ -49,6 +49,7 @@ from tcmu_pr.daemon.config import DaemonConfig
 from tcmu_pr.daemon.rings import RingEndpoint, RingSource, UioRingSource, make_ring
 from tcmu_pr.emulation import DeviceConfigError, Emulator
 from tcmu_pr.emulation import DeviceInfo as EmuDevice
+from tcmu_pr.emulation.provisioning import unmap_granularity
 from tcmu_pr.lu import LogicalUnit, PRInfoRefused
 from tcmu_pr.netlink.devconfig import DevConfig, DeviceInfo
 from tcmu_pr.netlink.service import DeviceError, Reconfig
@@ -159,6 +160,7 @@ class Device:
             block_size=self.cfg.block_size,
             write_cache=p.write_cache,
             rtpi=p.placement.rtpi,
+            unmap_granularity=unmap_granularity(self.data, self.cfg.block_size),
         )
         fd = -1
         if isinstance(self.data, FileDataBackend):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from tcmu_pr import scsi
 from tcmu_pr.backends.base import DataBackend
-from tcmu_pr.emulation import blockops, capacity, inquiry, misc, mode
+from tcmu_pr.emulation import blockops, capacity, inquiry, misc, mode, provisioning
 from tcmu_pr.emulation.cdb import CommandFailed, Reply, cdb_length, invalid_field
 from tcmu_pr.emulation.device import DeviceConfigError, DeviceInfo, lu_naa, lu_serial
 
@@ -85,6 +85,9 @@ _COMMANDS: dict[int, _Command] = {
 _SERVICE_ACTIONS: dict[tuple[int, int], _Command] = {
     (scsi.SERVICE_ACTION_IN_16, capacity.SA_READ_CAPACITY_16): _Command(
         _pure(capacity.read_capacity_16)
+    ),
+    (scsi.SERVICE_ACTION_IN_16, provisioning.SA_GET_LBA_STATUS): _Command(
+        provisioning.get_lba_status, reads_medium=True
     ),
 }
 

@@ -58,8 +58,10 @@ class DeviceInfo:
     ``identity`` names the LU (not the device): give every gateway's device of one image the
     same string.  ``num_lbas`` is normally the backend size divided by ``block_size`` (see
     ``from_size``).  ``thin`` means the backend can discard and discarded blocks read back
-    as zeros (LBPRZ); ``rtpi`` / ``target_port_group`` add the VPD 0x83 target port
-    designators when the daemon knows them; ``tpgs`` is the INQUIRY TPGS field (0 = no ALUA).
+    as zeros (LBPRZ); ``unmap_granularity`` is the backend's discard granularity in blocks
+    (``provisioning.unmap_granularity``); ``rtpi`` / ``target_port_group`` add the VPD 0x83
+    target port designators when the daemon knows them; ``tpgs`` is the INQUIRY TPGS field
+    (0 = no ALUA).
     """
 
     identity: str
@@ -80,6 +82,7 @@ class DeviceInfo:
     max_unmap_descriptors: int = 256
     max_write_same_lbas: int = 0x10000
     max_compare_and_write_lbas: int = 1
+    unmap_granularity: int = 1
 
     def __post_init__(self) -> None:
         if self.block_size not in BLOCK_SIZES:
@@ -102,7 +105,8 @@ class DeviceInfo:
             raise DeviceConfigError("max transfer must be at least one block")
         if not 1 <= self.max_compare_and_write_lbas <= 255:
             raise DeviceConfigError("max COMPARE AND WRITE length must be 1..255 blocks")
-        for name in ("max_unmap_lbas", "max_unmap_descriptors", "max_write_same_lbas"):
+        limits = ("max_unmap_lbas", "max_unmap_descriptors", "max_write_same_lbas")
+        for name in (*limits, "unmap_granularity"):
             if not 1 <= getattr(self, name) <= 0xFFFFFFFF:
                 raise DeviceConfigError(f"{name} must be 1..2**32-1")
 

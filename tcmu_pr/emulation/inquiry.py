@@ -7,6 +7,7 @@ devices of one image.
 
 from __future__ import annotations
 
+import math
 import struct
 
 from tcmu_pr.emulation.cdb import invalid_field, u
@@ -82,10 +83,16 @@ def _device_identification(dev: DeviceInfo) -> bytes:
 
 
 def _block_limits(dev: DeviceInfo) -> bytes:
-    """SBC-3 §6.6.3.  WSNZ is set: a WRITE SAME of zero blocks is refused, not "to the end"."""
+    """SBC-3 §6.6.3.  WSNZ is set: a WRITE SAME of zero blocks is refused, not "to the end".
+
+    OPTIMAL UNMAP GRANULARITY is what the backend deallocates only whole (a file's block, an
+    RBD object set), so an aligned unmap of whole granules is what GET LBA STATUS can then
+    show deallocated; UGAVALID with alignment 0 because the granules start at LBA 0.
+    """
     unmap_lbas = dev.max_unmap_lbas if dev.thin else 0
     unmap_descs = dev.max_unmap_descriptors if dev.thin else 0
     granularity = 1 << dev.physical_block_exponent
+    unmap_granularity = min(math.lcm(dev.unmap_granularity, granularity), 0xFFFFFFFF)
     return struct.pack(
         ">BBHIIIIIIIQ20x",
         0x01,  # WSNZ
@@ -96,8 +103,8 @@ def _block_limits(dev: DeviceInfo) -> bytes:
         0,  # MAXIMUM PREFETCH LENGTH
         unmap_lbas,
         unmap_descs,
-        granularity if dev.thin else 0,  # OPTIMAL UNMAP GRANULARITY
-        0,  # UGAVALID = 0
+        unmap_granularity if dev.thin else 0,  # OPTIMAL UNMAP GRANULARITY
+        0x80000000 if dev.thin else 0,  # UGAVALID, UNMAP GRANULARITY ALIGNMENT 0
         dev.max_write_same_lbas,
     )
 
@@ -108,10 +115,14 @@ def _block_characteristics() -> bytes:
 
 
 def _provisioning(dev: DeviceInfo) -> bytes:
-    """SBC-3 §6.6.4: LBPU/LBPWS/LBPWS10 and LBPRZ when thin; provisioning type 2 (thin)."""
+    """SBC-4 Logical Block Provisioning VPD page, when thin: LBPU, LBPWS, LBPWS10; LBPRZ (a
+    3-bit field in SBC-4) 001b, deallocated blocks read as zeros; ANC_SUP 0 and DP 0 (no
+    anchoring, no provisioning group descriptor); PROVISIONING TYPE 010b (thin).  THRESHOLD
+    EXPONENT 0 because no logical block provisioning thresholds are supported."""
     if not dev.thin:
         return bytes(4)
-    return bytes([0, 0x80 | 0x40 | 0x20 | 0x04, 0x02, 0])
+    lbprz = 0b001 << 2
+    return bytes([0, 0x80 | 0x40 | 0x20 | lbprz, 0b010, 0])
 
 
 def vpd_page(dev: DeviceInfo, code: int) -> bytes | None:
