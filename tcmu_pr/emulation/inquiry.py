@@ -157,9 +157,7 @@ SUPPORTED_PAGES = (
 
 def inquiry(dev: DeviceInfo, cdb: bytes) -> bytes:
     """INQUIRY (6-byte CDB, length already checked); data-in cut to ALLOCATION LENGTH."""
-    evpd, cmddt, page_code = cdb[1] & 0x01, cdb[1] & 0x02, cdb[2]
-    if cmddt:  # obsolete in SPC-4: a device that does not support it shall reject it
-        raise invalid_field()
+    evpd, page_code = cdb[1] & 0x01, cdb[2]  # CMDDT (obsolete) is outside the usage mask
     if evpd:
         data = vpd_page(dev, page_code)
         if data is None:
