@@ -28,6 +28,59 @@ def make_emulator(path: str, size: int = 1 << 20, **options: object) -> Emulator
     return Emulator(DeviceInfo.from_size(identity, backend.size, **options), backend)
 
 
+class SpyBackend:
+    """A FileDataBackend seen through a log: every write/flush/discard/RMW in order, and an
+    optional byte to corrupt on read (a medium that does not return what was written)."""
+
+    def __init__(self, inner: FileDataBackend, *, can_or_write: bool = True) -> None:
+        self.inner = inner
+        self.path = inner.path
+        self.can_or_write = can_or_write
+        self.calls: list[str] = []
+        self.corrupt_at: int | None = None  # absolute byte offset
+
+    @property
+    def size(self) -> int:
+        return self.inner.size
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = bytearray(self.inner.read(offset, length))
+        if self.corrupt_at is not None and offset <= self.corrupt_at < offset + length:
+            data[self.corrupt_at - offset] ^= 0x01
+        return bytes(data)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.calls.append("write")
+        self.inner.write(offset, data)
+
+    def flush(self) -> None:
+        self.calls.append("flush")
+        self.inner.flush()
+
+    def discard(self, offset: int, length: int) -> None:
+        self.calls.append("discard")
+        self.inner.discard(offset, length)
+
+    def compare_and_write(self, offset: int, expected: bytes, data: bytes) -> int | None:
+        self.calls.append("compare_and_write")
+        return self.inner.compare_and_write(offset, expected, data)
+
+    def or_write(self, offset: int, data: bytes) -> None:
+        self.calls.append("or_write")
+        self.inner.or_write(offset, data)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def spy_emulator(path: str, size: int = 1 << 20, **options: object) -> tuple[Emulator, SpyBackend]:
+    """An Emulator over a SpyBackend; ``can_or_write`` goes to the spy, the rest to DeviceInfo."""
+    can_or_write = bool(options.pop("can_or_write", True))
+    plain = make_emulator(path, size, **options)
+    spy = SpyBackend(plain.backend, can_or_write=can_or_write)  # type: ignore[arg-type]
+    return Emulator(plain.device, spy), spy
+
+
 # --- CDB builders -----------------------------------------------------------------------
 
 
@@ -40,6 +93,19 @@ def rw10(opcode: int, lba: int, blocks: int, flags: int = 0) -> bytes:
 
 
 def rw16(opcode: int, lba: int, blocks: int, flags: int = 0) -> bytes:
+    return struct.pack(">BBQIBB", opcode, flags, lba, blocks, 0, 0)
+
+
+def block_cdb(opcode: int, lba: int, blocks: int, flags: int = 0) -> bytes:
+    """A CDB in the READ/WRITE layout of the opcode's group (SBC-4): 6, 10, 12 or 16 bytes;
+    ``flags`` is byte 1 (for 6-byte CDBs it is ORed over the LBA's top bits)."""
+    group = opcode >> 5
+    if group == 0:
+        return struct.pack(">BBHBB", opcode, flags | (lba >> 16), lba & 0xFFFF, blocks & 0xFF, 0)
+    if group in (1, 2):
+        return struct.pack(">BBIBHB", opcode, flags, lba, 0, blocks, 0)
+    if group == 5:
+        return struct.pack(">BBIIBB", opcode, flags, lba, blocks, 0, 0)
     return struct.pack(">BBQIBB", opcode, flags, lba, blocks, 0, 0)
 
 
@@ -72,6 +138,9 @@ class SenseData:
     information: int
     asc: int
     ascq: int
+    #: SPC-4 sense-key specific field pointer: (C/D, byte, bit or None when BPV=0), or None
+    #: when SKSV is clear.
+    field: tuple[int, int, int | None] | None = None
 
 
 def parse_sense(buf: bytes) -> SenseData:
@@ -79,8 +148,18 @@ def parse_sense(buf: bytes) -> SenseData:
     code = buf[0] & 0x7F
     assert code in (0x70, 0x71), f"not fixed-format sense: {buf.hex()}"
     assert buf[7] + 8 <= len(buf)
+    field = None
+    if len(buf) >= 18 and buf[15] & 0x80:  # SKSV
+        cd, bpv = (buf[15] >> 6) & 1, (buf[15] >> 3) & 1
+        field = (cd, int.from_bytes(buf[16:18], "big"), buf[15] & 0x07 if bpv else None)
     return SenseData(
-        code, bool(buf[0] & 0x80), buf[2] & 0x0F, int.from_bytes(buf[3:7], "big"), buf[12], buf[13]
+        code,
+        bool(buf[0] & 0x80),
+        buf[2] & 0x0F,
+        int.from_bytes(buf[3:7], "big"),
+        buf[12],
+        buf[13],
+        field,
     )
 
 

@@ -176,3 +176,31 @@ def test_reconfig_size_and_remove(rig, image):
     assert rig.peer.remove_device(2) == 0
     assert manager.devices == {} and manager.lus == {}
     assert rig.peer.remove_device(2) == -errno.ENODEV
+
+
+def test_punted_sbc_commands_through_the_daemon(rig, image):
+    """COMPARE AND WRITE, VERIFY and ORWRITE reach the emulator through the daemon's ring
+    handler (the only route they have), with the emulator's limits: NUMBER OF LOGICAL
+    BLOCKS above the Block Limits MAXIMUM COMPARE AND WRITE LENGTH (1) is INVALID FIELD
+    IN CDB and changes nothing."""
+    a = rig.sim("lu0_a")
+    vpd = run_cmd(a, bytes([0x12, 1, 0xB0, 0, 64, 0]), data_in=64)
+    assert vpd.status == scsi.GOOD and vpd.data[5] == 1
+
+    def caw(blocks: int) -> bytes:
+        return bytes([0x89, 0]) + bytes(8) + bytes([0, 0, 0, blocks, 0, 0])
+
+    two = run_cmd(a, caw(2), data_out=bytes(2 * BLOCK) + b"x" * 2 * BLOCK)
+    assert (two.status, sense_code(two.sense)) == (scsi.CHECK_CONDITION, (0x5, 0x24, 0x00))
+    assert image.read_bytes()[: 2 * BLOCK] == bytes(2 * BLOCK)
+    one = run_cmd(a, caw(1), data_out=bytes(BLOCK) + b"y" * BLOCK)
+    assert one.status == scsi.GOOD
+    assert image.read_bytes()[:BLOCK] == b"y" * BLOCK
+
+    verify = bytes([0x2F, 0x02, 0, 0, 0, 0, 0, 0, 1, 0])  # BYTCHK=01b, LBA 0, 1 block
+    assert run_cmd(a, verify, data_out=b"y" * BLOCK).status == scsi.GOOD
+    miss = run_cmd(a, verify, data_out=b"z" * BLOCK)
+    assert sense_code(miss.sense) == (0xE, 0x1D, 0x00)
+    orwrite = bytes([0x8B, 0]) + (1).to_bytes(8, "big") + (1).to_bytes(4, "big") + bytes(2)
+    assert run_cmd(a, orwrite, data_out=b"\x01" * BLOCK).status == scsi.GOOD
+    assert image.read_bytes()[BLOCK : 2 * BLOCK] == b"\x01" * BLOCK

@@ -10,11 +10,13 @@ import pytest
 from emulation_support import (
     assert_check,
     assert_good,
+    block_cdb,
     caw,
     make_emulator,
     parse_sense,
     rw10,
     rw16,
+    spy_emulator,
     unmap_cdb,
     unmap_params,
 )
@@ -76,8 +78,10 @@ def test_six_byte_zero_length_means_256_blocks(emu):
 
 def test_six_byte_lba_is_21_bits(emu):
     # LBA 0x1FFFFF is far past the end: out of range, not wrapped into the high bits of byte 1
-    assert_check(emu.emulate(bytes([0x08, 0xFF, 0xFF, 0xFF, 1, 0])), ILLEGAL, LBA_RANGE)
-    assert_good(emu.emulate(bytes([0x08, 0xE0, 0x00, 0x01, 1, 0])))  # top 3 bits ignored
+    assert_check(emu.emulate(bytes([0x08, 0x1F, 0xFF, 0xFF, 1, 0])), ILLEGAL, LBA_RANGE)
+    # byte 1 bits 7-5 are reserved (the SCSI-2 LUN field): refused, not read as LBA bits
+    assert_check(emu.emulate(bytes([0x08, 0xE0, 0, 0, 1, 0])), ILLEGAL, INVALID_FIELD)
+    assert_good(emu.emulate(bytes([0x08, 0x00, 0x00, 0x01, 1, 0])))
 
 
 def test_zero_transfer_length_is_good_and_does_nothing(emu):
@@ -321,14 +325,161 @@ def test_compare_and_write_multi_block_offset(tmp_path):
     ("cdb", "data", "asc"),
     [
         (caw(0, 2), bytes(4 * BS), INVALID_FIELD),  # > MAXIMUM COMPARE AND WRITE LENGTH
+        (caw(0, 255), bytes(510 * BS), INVALID_FIELD),
+        (caw(NUM, 2), bytes(4 * BS), INVALID_FIELD),  # the length check comes first
         (caw(0, 1, flags=0x20), bytes(2 * BS), INVALID_FIELD),
         (caw(NUM, 1), bytes(2 * BS), LBA_RANGE),
         (caw(0, 1), bytes(BS), PARAM_LEN),
     ],
 )
 def test_compare_and_write_errors(emu, cdb, data, asc):
+    before = on_disk(emu, 0, 4)
     assert_check(emu.emulate(cdb, data), ILLEGAL, asc)
+    assert on_disk(emu, 0, 4) == before
+
+
+@pytest.mark.parametrize("limit", [1, 4, 255])
+def test_compare_and_write_length_follows_block_limits(tmp_path, limit):
+    """SBC-4 COMPARE AND WRITE: NUMBER OF LOGICAL BLOCKS above the Block Limits VPD MAXIMUM
+    COMPARE AND WRITE LENGTH is INVALID FIELD IN CDB; up to it, the command runs."""
+    em = make_emulator(str(tmp_path / "c"), max_compare_and_write_lbas=limit)
+    vpd = assert_good(em.emulate(bytes([0x12, 1, 0xB0, 0, 64, 0])))
+    assert vpd[5] == limit
+    assert_good(em.emulate(caw(0, limit), bytes(limit * BS) + pattern(limit)))
+    if limit < 255:
+        s = assert_check(em.emulate(caw(0, limit + 1), bytes(2 * (limit + 1) * BS)), 5, 0x24)
+        assert s.field == (1, 13, 7)  # NUMBER OF LOGICAL BLOCKS
+    assert on_disk(em, 0, limit) == pattern(limit)
+    em.backend.close()
 
 
 def test_compare_and_write_zero_blocks(emu):
     assert assert_good(emu.emulate(caw(0, 0), b"")) is None
+
+
+# --- ORWRITE (16) -----------------------------------------------------------------------
+
+
+def test_orwrite_ors_data_into_the_medium(emu):
+    old = bytes([0x0F, 0x30, 0x00, 0xFF]) * (BS // 4)
+    emu.emulate(rw10(0x2A, 9, 1), old)
+    data = bytes([0xF0, 0x03, 0x00, 0x00]) * (BS // 4)
+    assert assert_good(emu.emulate(block_cdb(0x8B, 9, 1, 0x18), data)) is None  # DPO, FUA
+    assert on_disk(emu, 9, 1) == bytes([0xFF, 0x33, 0x00, 0xFF]) * (BS // 4)
+    assert on_disk(emu, 10, 1) == bytes(BS)
+
+
+@pytest.mark.parametrize(
+    ("cdb", "data", "asc"),
+    [
+        (block_cdb(0x8B, NUM, 1), bytes(BS), LBA_RANGE),
+        (block_cdb(0x8B, NUM - 1, 2), bytes(2 * BS), LBA_RANGE),
+        (block_cdb(0x8B, 0, 1, 0x20), bytes(BS), INVALID_FIELD),  # ORPROTECT
+        (block_cdb(0x8B, 0, 2), bytes(BS), INVALID_FIELD),  # data-out != TRANSFER LENGTH
+    ],
+)
+def test_orwrite_errors_change_nothing(tmp_path, cdb, data, asc):
+    em, spy = spy_emulator(str(tmp_path / "lu.img"))
+    assert_check(em.emulate(cdb, data), ILLEGAL, asc)
+    assert spy.calls == []
+    spy.close()
+
+
+def test_orwrite_limits_and_zero_length(tmp_path):
+    em, spy = spy_emulator(str(tmp_path / "lu.img"), max_transfer_bytes=2 * BS)
+    assert_check(em.emulate(block_cdb(0x8B, 0, 3), bytes(3 * BS)), ILLEGAL, INVALID_FIELD)
+    assert_good(em.emulate(block_cdb(0x8B, 0, 0), b""))
+    assert spy.calls == []
+    spy.close()
+    ro = make_emulator(str(tmp_path / "ro"), read_only=True)
+    assert_check(ro.emulate(block_cdb(0x8B, 0, 1), bytes(BS)), 0x7, 0x27)
+    ro.backend.close()
+
+
+def test_orwrite_is_not_offered_without_an_atomic_or(tmp_path):
+    """A backend without an atomic OR (RBD) does not have ORWRITE at all."""
+    em, spy = spy_emulator(str(tmp_path / "lu.img"), can_or_write=False)
+    assert_check(em.emulate(block_cdb(0x8B, 0, 1), bytes(BS)), ILLEGAL, 0x20)
+    one = assert_good(em.emulate(struct.pack(">BBBBHIBB", 0xA3, 0x0C, 1, 0x8B, 0, 64, 0, 0)))
+    assert one[1] & 0x07 == 1  # SUPPORT: not supported
+    assert spy.calls == []
+    spy.close()
+
+
+# --- fields every command shares ------------------------------------------------------
+
+# Every command with a PROTECT field (byte 1, bits 7-5): no protection information here.
+_PROTECTED = [
+    (rw10(0x28, 0, 1), b""),
+    (block_cdb(0xA8, 0, 1), b""),
+    (rw16(0x88, 0, 1), b""),
+    (rw10(0x2A, 0, 1), bytes(BS)),
+    (block_cdb(0xAA, 0, 1), bytes(BS)),
+    (rw16(0x8A, 0, 1), bytes(BS)),
+    (block_cdb(0x2F, 0, 1, 0x02), bytes(BS)),
+    (block_cdb(0xAF, 0, 1, 0x02), bytes(BS)),
+    (block_cdb(0x8F, 0, 1, 0x02), bytes(BS)),
+    (block_cdb(0x2E, 0, 1), bytes(BS)),
+    (block_cdb(0xAE, 0, 1), bytes(BS)),
+    (block_cdb(0x8E, 0, 1), bytes(BS)),
+    (ws(0, 1, sixteen=False), bytes(BS)),
+    (ws(0, 1), bytes(BS)),
+    (caw(0, 1), bytes(2 * BS)),
+    (block_cdb(0x8B, 0, 1), bytes(BS)),
+]
+
+
+@pytest.mark.parametrize(("cdb", "data"), _PROTECTED, ids=[f"{c[0]:02x}" for c, _ in _PROTECTED])
+@pytest.mark.parametrize("protect", [1, 2, 4, 7])
+def test_protect_field_is_refused_on_every_command(tmp_path, cdb, data, protect):
+    """SBC-4: RD/WR/VR/ORPROTECT other than 0 without protection information is INVALID FIELD
+    IN CDB, before anything is read or written; the pointer names the field's top bit set."""
+    em, spy = spy_emulator(str(tmp_path / "lu.img"))
+    bad = bytes([cdb[0], cdb[1] | protect << 5]) + cdb[2:]
+    s = assert_check(em.emulate(bad, data), ILLEGAL, INVALID_FIELD)
+    assert s.field == (1, 1, 4 + protect.bit_length())
+    assert spy.calls == []
+    # the same CDB with PROTECT 0 (and DPO, where the command has one: WRITE SAME has ANCHOR
+    # there) is fine
+    dpo = 0 if cdb[0] in (0x41, 0x93) else 0x10
+    assert_good(em.emulate(bytes([cdb[0], cdb[1] | dpo]) + cdb[2:], data))
+    spy.close()
+
+
+# A valid CDB of every medium command with an LBA (or range) off the medium: LOGICAL BLOCK
+# ADDRESS OUT OF RANGE (SBC-4), never INVALID FIELD IN CDB, and nothing touched.
+_OFF_THE_END = [
+    ("READ(6)", block_cdb(0x08, NUM, 1), b""),
+    ("READ(10)", rw10(0x28, NUM, 1), b""),
+    ("READ(12)", block_cdb(0xA8, NUM, 1), b""),
+    ("READ(16)", rw16(0x88, NUM, 1), b""),
+    ("READ(16) huge LBA", rw16(0x88, 2**64 - 1, 1), b""),
+    ("WRITE(6)", block_cdb(0x0A, NUM, 1), bytes(BS)),
+    ("WRITE(10)", rw10(0x2A, NUM - 1, 2), bytes(2 * BS)),
+    ("WRITE(12)", block_cdb(0xAA, NUM, 1), bytes(BS)),
+    ("WRITE(16)", rw16(0x8A, NUM, 1, 0x08), bytes(BS)),
+    ("VERIFY(10) BYTCHK=00b", block_cdb(0x2F, NUM, 1), b""),
+    ("VERIFY(10) BYTCHK=01b", block_cdb(0x2F, NUM, 1, 0x02), bytes(BS)),
+    ("VERIFY(12) BYTCHK=11b", block_cdb(0xAF, NUM, 1, 0x06), bytes(BS)),
+    ("VERIFY(16) DPO", block_cdb(0x8F, NUM, 1, 0x12), bytes(BS)),
+    ("WRITE AND VERIFY(10)", block_cdb(0x2E, NUM, 1, 0x02), bytes(BS)),
+    ("WRITE AND VERIFY(12)", block_cdb(0xAE, NUM, 1), bytes(BS)),
+    ("WRITE AND VERIFY(16)", block_cdb(0x8E, NUM - 1, 2), bytes(2 * BS)),
+    ("WRITE SAME(10)", ws(NUM, 1, sixteen=False), bytes(BS)),
+    ("WRITE SAME(16) UNMAP", ws(NUM - 1, 2, 0x08), bytes(BS)),
+    ("COMPARE AND WRITE", caw(NUM, 1, 0x08), bytes(2 * BS)),
+    ("ORWRITE(16)", block_cdb(0x8B, NUM, 1), bytes(BS)),
+    ("SYNCHRONIZE CACHE(10)", rw10(0x35, NUM, 0), b""),
+    ("SYNCHRONIZE CACHE(16)", rw16(0x91, NUM - 1, 2), b""),
+    ("UNMAP", unmap_cdb(24), unmap_params([(NUM, 1)])),
+]
+
+
+@pytest.mark.parametrize(
+    ("cdb", "data"), [r[1:] for r in _OFF_THE_END], ids=[r[0] for r in _OFF_THE_END]
+)
+def test_valid_cdb_off_the_medium_is_lba_out_of_range(tmp_path, cdb, data):
+    em, spy = spy_emulator(str(tmp_path / "lu.img"))
+    assert_check(em.emulate(cdb, data), ILLEGAL, LBA_RANGE)
+    assert spy.calls == []
+    spy.close()

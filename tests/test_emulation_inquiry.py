@@ -32,14 +32,36 @@ def vpd(em, page: int) -> bytes:
 
 def test_standard_inquiry_fields(emu):
     data = assert_good(emu.emulate(inquiry_cdb()))
-    assert len(data) == 36
+    assert len(data) == 96
     f = parse_standard_inquiry(data)
-    assert f["additional_length"] == 31
+    assert f["additional_length"] == 91
     assert (f["qualifier"], f["device_type"], f["rmb"]) == (0, 0, 0)
     assert f["version"] == 0x06 and f["response_format"] == 2 and f["hisup"] == 1
     assert f["cmdque"] == 1 and f["3pc"] == 0 and f["protect"] == 0 and f["tpgs"] == 0
     assert f["vendor"] == "LIO-ORG " and f["product"] == "TCMU-PR".ljust(16)
     assert f["revision"] == "0001"
+
+
+def version_descriptors(data: bytes) -> list[int]:
+    codes = [int.from_bytes(data[i : i + 2], "big") for i in range(58, 74, 2)]
+    return [c for c in codes if c]
+
+
+def test_standard_inquiry_version_descriptors(emu):
+    """SPC-4: VERSION 06h and version descriptors at bytes 58-73, covered by ADDITIONAL
+    LENGTH: SAM-5 (00A0h), SPC-4 (0460h), SBC-3 (04C0h); no transport unless configured."""
+    data = assert_good(emu.emulate(inquiry_cdb()))
+    assert data[2] == 0x06
+    assert data[4] + 5 >= 74
+    assert version_descriptors(data) == [0x00A0, 0x0460, 0x04C0]
+    assert data[36:58] == bytes(22) and data[74:] == bytes(22)
+
+
+def test_transport_descriptor_is_listed_when_known(tmp_path):
+    em = make_emulator(str(tmp_path / "t"), transport_descriptor=0x0960)  # iSCSI
+    data = assert_good(em.emulate(inquiry_cdb()))
+    assert version_descriptors(data) == [0x00A0, 0x0460, 0x04C0, 0x0960]
+    em.backend.close()
 
 
 def test_vendor_product_tpgs_configurable(tmp_path):
@@ -177,7 +199,7 @@ def test_invalid_inquiry(emu, cdb):
 
 def test_longer_buffer_is_cut_to_cdb_length(emu):
     assert assert_good(emu.emulate(inquiry_cdb() + b"\xff" * 10))[:8] == bytes(
-        [0, 0, 6, 0x12, 31, 0, 0, 2]
+        [0, 0, 6, 0x12, 91, 0, 0, 2]
     )
 
 
@@ -191,6 +213,8 @@ def test_longer_buffer_is_cut_to_cdb_length(emu):
         {"rtpi": 70000},
         {"max_compare_and_write_lbas": 0},
         {"max_unmap_descriptors": 0},
+        {"transport_descriptor": 0},
+        {"transport_descriptor": 0x10000},
     ],
 )
 def test_bad_device_config(options):

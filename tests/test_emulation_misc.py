@@ -92,8 +92,7 @@ def test_report_one_opcode(emu):
     assert data[1] & 0x07 == 1  # not supported
     assert_check(emu.emulate(rsoc(options=1, opcode=0x9E)), 0x5, 0x24)  # has service actions
     assert_check(emu.emulate(rsoc(options=2, opcode=0x28)), 0x5, 0x24)  # has none
-    assert_check(emu.emulate(rsoc(options=3)), 0x5, 0x24)
-    assert_check(emu.emulate(rsoc(rctd=1)), 0x5, 0x24)
+    assert_check(emu.emulate(rsoc(options=4)), 0x5, 0x24)
     assert len(assert_good(emu.emulate(rsoc(alloc=6)))) == 6
 
 

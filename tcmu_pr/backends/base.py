@@ -54,9 +54,12 @@ class DataBackend(Protocol):
 
     The native ring loop does READ/WRITE itself through its own C ops table; this is the
     slower, complete interface the SCSI emulation uses (WRITE SAME, UNMAP, COMPARE AND WRITE,
-    SYNCHRONIZE CACHE, GET LBA STATUS).  Offsets and lengths are in bytes and already
-    range-checked.
+    ORWRITE, SYNCHRONIZE CACHE, GET LBA STATUS).  Offsets and lengths are in bytes and
+    already range-checked.
     """
+
+    #: Whether :meth:`or_write` is atomic; the emulator offers ORWRITE only when it is.
+    can_or_write: bool
 
     @property
     def size(self) -> int:
@@ -102,6 +105,12 @@ class DataBackend(Protocol):
         Returns None on success, else the byte offset (within the range) of the first
         mismatch, nothing written.
         """
+        ...
+
+    def or_write(self, offset: int, data: bytes) -> None:
+        """Atomically replace the range with (its bytes OR ``data``), against other
+        ``compare_and_write``/``or_write`` callers.  OSError(EOPNOTSUPP) where
+        ``can_or_write`` is False."""
         ...
 
     def close(self) -> None: ...

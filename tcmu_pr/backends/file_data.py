@@ -6,11 +6,11 @@ zeros are written instead, which keeps the LBPRZ promise at the cost of space.  
 allocation map is the filesystem's own (``SEEK_DATA`` / ``SEEK_HOLE``), so what GET LBA STATUS
 calls deallocated is exactly what a punch left as a hole.
 
-COMPARE AND WRITE holds an exclusive open-file-description (OFD) range lock for its
-read-compare-write, so two devices of one LU on this host — separate opens, possibly in
+COMPARE AND WRITE and ORWRITE hold an exclusive open-file-description (OFD) range lock for
+their read-modify-write, so two devices of one LU on this host — separate opens, possibly in
 separate processes — cannot interleave on the same blocks; a mutex covers threads sharing
 this object, which an OFD lock alone would not exclude.  Plain writes take no lock (the
-native ring path writes without one too), so atomicity holds between CAWs only.
+native ring path writes without one too), so atomicity holds between CAWs and ORWRITEs only.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def _flock(kind: int, offset: int, length: int) -> bytes:
 
 class FileDataBackend:
     """A LU's data in one file (or block device), addressed in bytes."""
+
+    can_or_write = True
 
     def __init__(self, path: str, *, read_only: bool = False, punch_holes: bool = True) -> None:
         """Open ``path``; ``punch_holes=False`` always discards by writing zeros."""
@@ -164,6 +166,13 @@ class FileDataBackend:
                 return next(i for i, (a, b) in enumerate(pairs) if a != b)
             self.write(offset, data)
         return None
+
+    def or_write(self, offset: int, data: bytes) -> None:
+        """OR ``data`` into the range under the same lock COMPARE AND WRITE takes."""
+        with self._range_locked(offset, len(data)):
+            current = self.read(offset, len(data))
+            merged = int.from_bytes(current, "little") | int.from_bytes(data, "little")
+            self.write(offset, merged.to_bytes(len(data), "little"))
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -48,7 +48,13 @@ class RbdImage:
     the image on, sharing that RADOS client (what a gateway does: rbd_store.py); without it the
     image gets a connection of its own (config from ``conf``/$CEPH_CONF, id from
     ``client_id``/$CEPH_ID/admin).
+
+    No ORWRITE: librbd has no OR primitive, and a read + compare-and-write loop is atomic
+    only within one object (librbd's compare-and-write does not span objects), so an
+    ORWRITE across an object boundary could lose another gateway's bits.
     """
+
+    can_or_write = False
 
     def __init__(
         self,
@@ -207,6 +213,10 @@ class RbdImage:
             return int(mismatch[0])
         _check(rc, f"compare and write on {self.name} at {offset}")
         return None
+
+    def or_write(self, offset: int, data: bytes) -> None:
+        """Not offered (see the class docstring)."""
+        raise StoreError(errno.EOPNOTSUPP, f"ORWRITE is not supported on rbd image {self.name}")
 
     def close(self) -> None:
         """Close the image; StoreError(EBUSY) while a ring loop still uses it (close that

@@ -1,4 +1,4 @@
-"""The SCSI commands a TCMU device answers itself, in Python (SPC-4 / SBC-3).
+"""The SCSI commands a TCMU device answers itself, in Python (SPC-4 / SBC-4).
 
 ``Emulator(device, backend).emulate(cdb, data_out)`` returns ``(status, sense, data_in)``
 for every byte string: unknown opcodes get INVALID COMMAND OPERATION CODE, short CDBs
@@ -10,13 +10,22 @@ arriving here they are unknown opcodes like any other.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from tcmu_pr import scsi
 from tcmu_pr.backends.base import DataBackend
-from tcmu_pr.emulation import blockops, capacity, inquiry, misc, mode, provisioning
-from tcmu_pr.emulation.cdb import CommandFailed, Reply, cdb_length, invalid_field
+from tcmu_pr.emulation import (  # fmt: skip
+    atomic,
+    blockops,
+    capacity,
+    inquiry,
+    misc,
+    mode,
+    provisioning,
+    verify,
+)
+from tcmu_pr.emulation.cdb import CommandFailed, Reply, cdb_length, check_usage, invalid_field
 from tcmu_pr.emulation.device import DeviceConfigError, DeviceInfo, lu_naa, lu_serial
+from tcmu_pr.emulation.registry import Command, Handler, Offered, enforced_mask
 
 __all__ = [
     "DeviceConfigError",
@@ -31,7 +40,10 @@ MODE_SELECT_6 = 0x15
 MODE_SELECT_10 = 0x55
 WRITE_SAME_16 = scsi.WRITE_SAME_16
 
-Handler = Callable[[DeviceInfo, DataBackend, bytes, bytes], bytes | None]
+#: RECOMMENDED COMMAND TIMEOUTs (seconds) reported with RCTD: one block-sized I/O may wait
+#: for a store (an RBD OSD failover takes tens of seconds); a range-wide command longer.
+IO = 30
+RANGE = 60
 
 
 def _pure(fn: Callable[[DeviceInfo, bytes], bytes]) -> Handler:
@@ -47,78 +59,126 @@ def _nothing(dev: DeviceInfo, _backend: DataBackend, _cdb: bytes, _data: bytes) 
     """TEST UNIT READY: the LU is always ready."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Command:
-    handler: Handler
-    reads_medium: bool = False  # an I/O error is then a READ error, else a WRITE error
+def _thin_only(thin: str, fat: str) -> Callable[[DeviceInfo], str]:
+    """A usage mask whose extra bits (UNMAP) are accepted only on a thin LU."""
+    return lambda dev: thin if dev.thin else fat
 
 
-_COMMANDS: dict[int, _Command] = {
-    scsi.TEST_UNIT_READY: _Command(_nothing),
-    scsi.REQUEST_SENSE: _Command(lambda _d, _b, cdb, _x: misc.request_sense(cdb)),
-    scsi.INQUIRY: _Command(_pure(inquiry.inquiry)),
-    scsi.READ_CAPACITY_10: _Command(_pure(capacity.read_capacity_10)),
-    scsi.MODE_SENSE_6: _Command(_pure(mode.mode_sense)),
-    scsi.MODE_SENSE_10: _Command(_pure(mode.mode_sense)),
-    MODE_SELECT_6: _Command(_mode_select),
-    MODE_SELECT_10: _Command(_mode_select),
-    scsi.START_STOP_UNIT: _Command(blockops.start_stop_unit),
-    scsi.READ_6: _Command(blockops.read, reads_medium=True),
-    scsi.READ_10: _Command(blockops.read, reads_medium=True),
-    scsi.READ_12: _Command(blockops.read, reads_medium=True),
-    scsi.READ_16: _Command(blockops.read, reads_medium=True),
-    scsi.WRITE_6: _Command(blockops.write),
-    scsi.WRITE_10: _Command(blockops.write),
-    scsi.WRITE_12: _Command(blockops.write),
-    scsi.WRITE_16: _Command(blockops.write),
-    blockops.VERIFY_10: _Command(blockops.verify),
-    blockops.VERIFY_16: _Command(blockops.verify),
-    scsi.SYNCHRONIZE_CACHE_10: _Command(blockops.synchronize_cache),
-    scsi.SYNCHRONIZE_CACHE_16: _Command(blockops.synchronize_cache),
-    blockops.WRITE_SAME_10: _Command(blockops.write_same),
-    WRITE_SAME_16: _Command(blockops.write_same),
-    scsi.UNMAP: _Command(blockops.unmap),
-    scsi.COMPARE_AND_WRITE: _Command(blockops.compare_and_write, reads_medium=True),
+def _thin(dev: DeviceInfo, _backend: DataBackend) -> bool:
+    return dev.thin
+
+
+# The dispatch table.  Each row: handler, then the CDB USAGE DATA — exactly the bits the
+# command accepts; any other bit set is INVALID FIELD IN CDB before the handler runs (see
+# registry.py).  Masks refuse every PROTECT field (no protection information), GROUP
+# NUMBER (no grouping function), obsolete and reserved bits, and NACA/LINK and the vendor
+# bits of CONTROL; they accept DPO (a no-op: no cache of ours) and FUA where defined.
+# fmt: off
+_COMMANDS: dict[int, Command] = {
+    scsi.TEST_UNIT_READY: Command(_nothing, "00 00 0000 00 00"),
+    scsi.REQUEST_SENSE: Command(lambda _d, _b, cdb, _x: misc.request_sense(cdb),
+                                "03 01 0000 ff 00"),  # DESC, ALLOCATION LENGTH
+    scsi.INQUIRY: Command(_pure(inquiry.inquiry), "12 01 ff ffff 00"),  # EVPD, PAGE, ALLOC
+    scsi.READ_CAPACITY_10: Command(_pure(capacity.read_capacity_10),
+                                   "25 00 ffffffff 0000 01 00"),  # LBA, PMI
+    scsi.MODE_SENSE_6: Command(_pure(mode.mode_sense), "1a 08 ff ff ff 00"),  # DBD, PC+PAGE
+    scsi.MODE_SENSE_10: Command(_pure(mode.mode_sense),
+                                "5a 18 ff ff 000000 ffff 00"),  # LLBAA, DBD
+    MODE_SELECT_6: Command(_mode_select, "15 11 0000 ff 00"),  # PF, SP
+    MODE_SELECT_10: Command(_mode_select, "55 11 0000000000 ffff 00"),
+    scsi.START_STOP_UNIT: Command(blockops.start_stop_unit,
+                                  "1b 01 00 0f f7 00"),  # IMMED, POWER CONDITION, LOEJ, START
+    scsi.READ_6: Command(blockops.read, "08 1f ffff ff 00", reads_medium=True, timeout=IO),
+    scsi.READ_10: Command(blockops.read, "28 18 ffffffff 00 ffff 00", reads_medium=True,
+                          timeout=IO),
+    scsi.READ_12: Command(blockops.read, "a8 18 ffffffff ffffffff 00 00", reads_medium=True,
+                          timeout=IO),
+    scsi.READ_16: Command(blockops.read, "88 18 ffffffffffffffff ffffffff 00 00",
+                          reads_medium=True, timeout=IO),
+    scsi.WRITE_6: Command(blockops.write, "0a 1f ffff ff 00", timeout=IO),
+    scsi.WRITE_10: Command(blockops.write, "2a 18 ffffffff 00 ffff 00", timeout=IO),
+    scsi.WRITE_12: Command(blockops.write, "aa 18 ffffffff ffffffff 00 00", timeout=IO),
+    scsi.WRITE_16: Command(blockops.write, "8a 18 ffffffffffffffff ffffffff 00 00", timeout=IO),
+    # VERIFY: DPO, BYTCHK.  WRITE AND VERIFY: the same bits (BYTCHK 1xb is a refused value).
+    verify.VERIFY_10: Command(verify.verify, "2f 16 ffffffff 00 ffff 00", reads_medium=True,
+                              timeout=RANGE),
+    verify.VERIFY_12: Command(verify.verify, "af 16 ffffffff ffffffff 00 00",
+                              reads_medium=True, timeout=RANGE),
+    verify.VERIFY_16: Command(verify.verify, "8f 16 ffffffffffffffff ffffffff 00 00",
+                              reads_medium=True, timeout=RANGE),
+    verify.WRITE_AND_VERIFY_10: Command(verify.write_and_verify, "2e 16 ffffffff 00 ffff 00",
+                                        timeout=RANGE),
+    verify.WRITE_AND_VERIFY_12: Command(verify.write_and_verify,
+                                        "ae 16 ffffffff ffffffff 00 00", timeout=RANGE),
+    verify.WRITE_AND_VERIFY_16: Command(verify.write_and_verify,
+                                        "8e 16 ffffffffffffffff ffffffff 00 00", timeout=RANGE),
+    scsi.SYNCHRONIZE_CACHE_10: Command(blockops.synchronize_cache,
+                                       "35 02 ffffffff 00 ffff 00", timeout=RANGE),  # IMMED
+    scsi.SYNCHRONIZE_CACHE_16: Command(blockops.synchronize_cache,
+                                       "91 02 ffffffffffffffff ffffffff 00 00", timeout=RANGE),
+    blockops.WRITE_SAME_10: Command(blockops.write_same, _thin_only(
+        "41 08 ffffffff 00 ffff 00", "41 00 ffffffff 00 ffff 00"), timeout=RANGE),  # UNMAP
+    WRITE_SAME_16: Command(blockops.write_same, _thin_only(
+        "93 09 ffffffffffffffff ffffffff 00 00",  # UNMAP, NDOB
+        "93 01 ffffffffffffffff ffffffff 00 00"), timeout=RANGE),
+    scsi.UNMAP: Command(blockops.unmap, "42 00 00000000 00 ffff 00", timeout=RANGE,
+                        offered=_thin),  # LBPU = thin
+    scsi.COMPARE_AND_WRITE: Command(atomic.compare_and_write,
+                                    "89 18 ffffffffffffffff 000000 ff 00 00",  # DPO, FUA
+                                    reads_medium=True, timeout=IO),
+    atomic.ORWRITE_16: Command(atomic.or_write, "8b 18 ffffffffffffffff ffffffff 00 00",
+                               timeout=IO, offered=atomic.offers_or_write),
 }
 
-# Opcodes whose service action (CDB byte 1, bits 4-0) picks the command.
-_SERVICE_ACTIONS: dict[tuple[int, int], _Command] = {
-    (scsi.SERVICE_ACTION_IN_16, capacity.SA_READ_CAPACITY_16): _Command(
-        _pure(capacity.read_capacity_16)
-    ),
-    (scsi.SERVICE_ACTION_IN_16, provisioning.SA_GET_LBA_STATUS): _Command(
-        provisioning.get_lba_status, reads_medium=True
-    ),
+# Opcodes whose service action (CDB byte 1, bits 4-0) picks the command; byte 1 of the
+# usage data carries that service action.
+_SERVICE_ACTIONS: dict[tuple[int, int], Command] = {
+    (scsi.SERVICE_ACTION_IN_16, capacity.SA_READ_CAPACITY_16): Command(
+        _pure(capacity.read_capacity_16), "9e 10 ffffffffffffffff ffffffff 01 00"),  # PMI
+    (scsi.SERVICE_ACTION_IN_16, provisioning.SA_GET_LBA_STATUS): Command(
+        provisioning.get_lba_status, "9e 12 ffffffffffffffff ffffffff 17 00",  # REPORT TYPE
+        reads_medium=True),
 }
+# fmt: on
 
 
-def _supported() -> list[tuple[int, int | None]]:
-    return [(op, None) for op in _COMMANDS] + [
-        *_SERVICE_ACTIONS,
-        (scsi.MAINTENANCE_IN, misc.SA_REPORT_SUPPORTED_OPCODES),
+def offered(dev: DeviceInfo, backend: DataBackend) -> list[Offered]:
+    """Every command ``dev`` answers on ``backend``, as REPORT SUPPORTED OPERATION CODES
+    lists them."""
+    rows = [(op, None, c) for op, c in _COMMANDS.items()]
+    rows += [(op, sa, c) for (op, sa), c in _SERVICE_ACTIONS.items()]
+    return [
+        Offered(op, sa, c.usage_data(dev), c.timeout)
+        for op, sa, c in rows
+        if c.offered(dev, backend)
     ]
 
 
-def _report_opcodes(_dev: DeviceInfo, _backend: DataBackend, cdb: bytes, _data: bytes) -> bytes:
-    return misc.report_supported_opcodes(cdb, _supported())
+def _report_opcodes(dev: DeviceInfo, backend: DataBackend, cdb: bytes, _data: bytes) -> bytes:
+    return misc.report_supported_opcodes(cdb, offered(dev, backend))
 
 
-_SERVICE_ACTIONS[(scsi.MAINTENANCE_IN, misc.SA_REPORT_SUPPORTED_OPCODES)] = _Command(
-    _report_opcodes
+_SERVICE_ACTIONS[(scsi.MAINTENANCE_IN, misc.SA_REPORT_SUPPORTED_OPCODES)] = Command(
+    _report_opcodes, "a3 0c 87 ff ffff ffffffff 00 00"  # RCTD, REPORTING OPTIONS
 )
 _SA_OPCODES = frozenset(op for op, _ in _SERVICE_ACTIONS)
 
 
-def _lookup(cdb: bytes) -> _Command:
-    """The command a CDB names; CommandFailed for unknown opcodes and service actions."""
+def _lookup(dev: DeviceInfo, backend: DataBackend, cdb: bytes) -> tuple[Command, int | None]:
+    """The command a CDB names and its service action; CommandFailed when not offered."""
     opcode = cdb[0]
-    if opcode in _COMMANDS:
-        return _COMMANDS[opcode]
+    command = _COMMANDS.get(opcode)
+    if command is not None:
+        if not command.offered(dev, backend):
+            raise CommandFailed(scsi.INVALID_COMMAND_OPERATION_CODE)
+        return command, None
     if opcode in _SA_OPCODES:
-        command = _SERVICE_ACTIONS.get((opcode, cdb[1] & 0x1F))
-        if command is None:  # SPC-4 §4.2.5.3: unsupported service action of a known opcode
-            raise invalid_field()
-        return command
+        sa = cdb[1] & 0x1F
+        command = _SERVICE_ACTIONS.get((opcode, sa))
+        if command is None or not command.offered(dev, backend):
+            # SPC-4: an unsupported service action of a supported opcode
+            raise invalid_field((1, 4))
+        return command, sa
     raise CommandFailed(scsi.INVALID_COMMAND_OPERATION_CODE)
 
 
@@ -134,8 +194,13 @@ class Emulator:
         self.backend = backend
 
     def emulate(self, cdb: bytes, data_out: bytes = b"") -> Reply:
-        """Execute ``cdb`` with its data-out; (status, sense bytes or None, data-in or None)."""
-        command: _Command | None = None
+        """Execute ``cdb`` with its data-out; (status, sense bytes or None, data-in or None).
+
+        Order: opcode (INVALID COMMAND OPERATION CODE), CDB length, service action, then
+        every bit outside the usage mask (INVALID FIELD IN CDB with a field pointer), then
+        the handler's own checks, and only then the medium.
+        """
+        command: Command | None = None
         try:
             if not cdb:
                 raise invalid_field()
@@ -148,12 +213,11 @@ class Emulator:
                     raise CommandFailed(scsi.INVALID_COMMAND_OPERATION_CODE)
                 raise invalid_field()
             cdb = bytes(cdb[:length])  # the ring may hand over a longer buffer
-            command = _lookup(cdb)
-            if cdb[-1] & 0x04:  # NACA: ACA is not supported (SAM-5 §5.9)
-                raise invalid_field()
+            command, sa = _lookup(self.device, self.backend, cdb)
+            check_usage(cdb, enforced_mask(command.usage_data(self.device), sa))
             data_in = command.handler(self.device, self.backend, cdb, bytes(data_out))
         except CommandFailed as failed:
-            return scsi.CHECK_CONDITION, failed.sense.to_bytes(info=failed.info), None
+            return scsi.CHECK_CONDITION, failed.sense_bytes(), None
         except OSError:
             reading = command is not None and command.reads_medium
             sense = scsi.READ_ERROR if reading else scsi.WRITE_ERROR

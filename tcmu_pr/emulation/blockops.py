@@ -1,7 +1,9 @@
-"""Commands that touch the data: READ/WRITE slow path, SYNCHRONIZE CACHE, WRITE SAME, UNMAP,
-COMPARE AND WRITE, START STOP UNIT (SBC-3 §5).
+"""Commands that move or drop data: READ/WRITE slow path, SYNCHRONIZE CACHE, WRITE SAME,
+UNMAP, START STOP UNIT (SBC-4 §5); VERIFY is in verify.py, COMPARE AND WRITE in atomic.py.
 
-Each handler validates the whole CDB and parameter list first (raising ``CommandFailed``)
+The dispatcher has already refused every CDB bit outside the command's usage mask (PROTECT
+fields, GROUP NUMBER, reserved bits).  Each handler then checks, in this order: write
+protection, field values, MAXIMUM TRANSFER LENGTH, the LBA range, the data-out length —
 and only then calls the ``DataBackend``, so a rejected command leaves the medium untouched.
 Backend ``OSError``s are left to the dispatcher, which maps them to MEDIUM ERROR sense.
 """
@@ -13,108 +15,99 @@ from tcmu_pr.backends.base import DataBackend
 from tcmu_pr.emulation.cdb import (
     CommandFailed,
     check_lba_range,
+    check_transfer_length,
     check_writable,
     invalid_field,
+    lba_and_length,
     u,
 )
 from tcmu_pr.emulation.device import DeviceInfo
 
 WRITE_SAME_10 = 0x41
-VERIFY_10 = 0x2F
-VERIFY_16 = 0x8F
 
-_FUA = 0x08
-_PROTECT_MASK = 0xE0  # RDPROTECT / WRPROTECT / VRPROTECT: no protection information here
+FUA = 0x08  # byte 1 of every 10/12/16-byte write-type CDB
 _UNMAP_DESCRIPTOR = 16
 
 
-def _lba_and_length(cdb: bytes) -> tuple[int, int]:
-    """LBA and TRANSFER LENGTH of a READ/WRITE/VERIFY CDB of any size (SBC-3 §5.15-5.42)."""
-    size = len(cdb)
-    if size == 6:
-        return u(cdb, 1, 3) & 0x1FFFFF, cdb[4] or 256  # 6-byte: zero means 256 blocks
-    if size == 10:
-        return u(cdb, 2, 4), u(cdb, 7, 2)
-    if size == 12:
-        return u(cdb, 2, 4), u(cdb, 6, 4)
-    return u(cdb, 2, 8), u(cdb, 10, 4)
+def fua(cdb: bytes) -> bool:
+    return len(cdb) != 6 and bool(cdb[1] & FUA)
 
 
-def _check_transfer(dev: DeviceInfo, cdb: bytes) -> tuple[int, int]:
-    if len(cdb) != 6 and cdb[1] & _PROTECT_MASK:
-        raise invalid_field()
-    lba, count = _lba_and_length(cdb)
-    if count > dev.max_transfer_lbas:  # SBC-3 §6.6.3: beyond MAXIMUM TRANSFER LENGTH
-        raise invalid_field()
+def make_durable(dev: DeviceInfo, backend: DataBackend, forced: bool) -> None:
+    """Flush when the write must be on stable storage before GOOD.
+
+    ``forced``: FUA, or a command that implies it (WRITE AND VERIFY).  With the write cache
+    off (WCE=0 in the Caching mode page) every write must be durable at GOOD (SBC-4 Caching
+    mode page), so the flush is unconditional then: the mode page tells the truth.
+    """
+    if forced or not dev.write_cache:
+        backend.flush()
+
+
+def checked_transfer(dev: DeviceInfo, cdb: bytes) -> tuple[int, int]:
+    """LBA and block count of a READ/WRITE-layout CDB, after the length and range checks."""
+    lba, count = lba_and_length(cdb)
+    check_transfer_length(dev, count)
     check_lba_range(dev, lba, count)
     return lba, count
 
 
+def check_data_out(dev: DeviceInfo, data_out: bytes, count: int) -> None:
+    """The data-out must be exactly ``count`` blocks: the kernel sizes it from the CDB, so a
+    mismatch means a broken CDB and nothing is written."""
+    if len(data_out) != count * dev.block_size:
+        raise invalid_field()
+
+
 def read(dev: DeviceInfo, backend: DataBackend, cdb: bytes, data_out: bytes) -> bytes | None:
-    """READ (6/10/12/16).  A zero TRANSFER LENGTH (10/12/16) reads nothing and is GOOD."""
-    lba, count = _check_transfer(dev, cdb)
+    """READ (6/10/12/16).  A zero TRANSFER LENGTH (10/12/16) reads nothing and is GOOD.
+
+    DPO and FUA are accepted: the backend has no cache of ours to bypass or spare.
+    """
+    lba, count = checked_transfer(dev, cdb)
     if not count:
         return None
     return backend.read(lba * dev.block_size, count * dev.block_size)
 
 
 def write(dev: DeviceInfo, backend: DataBackend, cdb: bytes, data_out: bytes) -> None:
-    """WRITE (6/10/12/16); FUA makes the data durable before GOOD.
-
-    The data-out must be exactly TRANSFER LENGTH blocks: the kernel sizes it from the CDB,
-    so a mismatch means a broken CDB and nothing is written.
-    """
+    """WRITE (6/10/12/16); durable before GOOD with FUA or with the write cache off."""
     check_writable(dev)
-    lba, count = _check_transfer(dev, cdb)
-    if len(data_out) != count * dev.block_size:
-        raise invalid_field()
+    lba, count = checked_transfer(dev, cdb)
+    check_data_out(dev, data_out, count)
     if not count:
         return
     backend.write(lba * dev.block_size, data_out)
-    if len(cdb) != 6 and cdb[1] & _FUA:
-        backend.flush()
-
-
-def verify(dev: DeviceInfo, backend: DataBackend, cdb: bytes, data_out: bytes) -> None:
-    """VERIFY (10/16) with BYTCHK 0 only: a range check (the medium has no ECC to check)."""
-    if cdb[1] & _PROTECT_MASK or cdb[1] & 0x06:
-        raise invalid_field()
-    lba, count = (u(cdb, 2, 4), u(cdb, 7, 2)) if len(cdb) == 10 else (u(cdb, 2, 8), u(cdb, 10, 4))
-    check_lba_range(dev, lba, count)
+    make_durable(dev, backend, fua(cdb))
 
 
 def synchronize_cache(dev: DeviceInfo, backend: DataBackend, cdb: bytes, data_out: bytes) -> None:
-    """SYNCHRONIZE CACHE (10/16): range checked, then the whole backend is flushed.
+    """SYNCHRONIZE CACHE (10/16): the range is checked first, then the whole backend flushed.
 
-    NUMBER OF LOGICAL BLOCKS 0 means "to the end of the medium".  IMMED is honoured by
-    simply completing after the flush (allowed: GOOD then means more, not less).
+    NUMBER OF LOGICAL BLOCKS 0 means "to the end of the medium"; an LBA or range off the
+    medium is LBA OUT OF RANGE and flushes nothing.  Flushing more than the range is allowed
+    (SBC-4: the device server may synchronize more).  IMMED=1 would let us answer before the
+    flush; we answer after it, which promises more, never less.
     """
-    if len(cdb) == 10:
-        lba, count = u(cdb, 2, 4), u(cdb, 7, 2)
-    else:
-        lba, count = u(cdb, 2, 8), u(cdb, 10, 4)
+    lba, count = lba_and_length(cdb)
     check_lba_range(dev, lba, count)
     backend.flush()
 
 
 def write_same(dev: DeviceInfo, backend: DataBackend, cdb: bytes, data_out: bytes) -> None:
-    """WRITE SAME (10/16) (SBC-3 §5.43-5.44).
+    """WRITE SAME (10/16).
 
     UNMAP set and the block is all zeros (or NDOB) on a thin device: discard, since LBPRZ
     says discarded blocks read back as zeros.  UNMAP set with non-zero data must write (the
     result has to read back as that data).  UNMAP clear always writes: Linux sends that for
-    "write zeroes, keep allocated" (REQ_NOUNMAP).
+    "write zeroes, keep allocated" (REQ_NOUNMAP).  WRPROTECT and ANCHOR are outside the
+    usage mask, and so is UNMAP on a fully provisioned LU.
     """
     check_writable(dev)
     flags = cdb[1]
-    sixteen = len(cdb) == 16
-    ndob = sixteen and bool(flags & 0x01)
+    ndob = len(cdb) == 16 and bool(flags & 0x01)
     unmap = bool(flags & 0x08)
-    if flags & _PROTECT_MASK or flags & 0x10:  # WRPROTECT, ANCHOR (ANC_SUP = 0)
-        raise invalid_field()
-    if unmap and not dev.thin:
-        raise invalid_field()
-    lba, count = (u(cdb, 2, 8), u(cdb, 10, 4)) if sixteen else (u(cdb, 2, 4), u(cdb, 7, 2))
+    lba, count = lba_and_length(cdb)
     if count == 0 or count > dev.max_write_same_lbas:  # WSNZ = 1 in the Block Limits page
         raise invalid_field()
     check_lba_range(dev, lba, count)
@@ -129,8 +122,9 @@ def write_same(dev: DeviceInfo, backend: DataBackend, cdb: bytes, data_out: byte
     offset, length = lba * dev.block_size, count * dev.block_size
     if unmap and not any(block):
         backend.discard(offset, length)
-        return
-    _write_repeated(backend, offset, block, count)
+    else:
+        _write_repeated(backend, offset, block, count)
+    make_durable(dev, backend, False)
 
 
 def _write_repeated(backend: DataBackend, offset: int, block: bytes, count: int) -> None:
@@ -144,12 +138,12 @@ def _write_repeated(backend: DataBackend, offset: int, block: bytes, count: int)
 
 
 def unmap(dev: DeviceInfo, backend: DataBackend, cdb: bytes, data_out: bytes) -> None:
-    """UNMAP (SBC-3 §5.28): every descriptor is validated before the first discard."""
-    if not dev.thin:  # LBPU = 0: the command is not supported at all
-        raise CommandFailed(scsi.INVALID_COMMAND_OPERATION_CODE)
+    """UNMAP: every descriptor is validated before the first discard.
+
+    Offered only on a thin LU (LBPU=1); elsewhere the opcode is unknown.  ANCHOR is outside
+    the usage mask (ANC_SUP = 0).
+    """
     check_writable(dev)
-    if cdb[1] & 0x01:  # ANCHOR, and ANC_SUP = 0
-        raise invalid_field()
     length = u(cdb, 7, 2)
     if length == 0:
         return
@@ -175,32 +169,8 @@ def unmap(dev: DeviceInfo, backend: DataBackend, cdb: bytes, data_out: bytes) ->
             ranges.append((lba, blocks))
     for lba, blocks in ranges:
         backend.discard(lba * dev.block_size, blocks * dev.block_size)
-
-
-def compare_and_write(dev: DeviceInfo, backend: DataBackend, cdb: bytes, data_out: bytes) -> None:
-    """COMPARE AND WRITE (SBC-3 §5.2): data-out is N blocks to verify, then N blocks to write.
-
-    On a mismatch nothing is written and the sense is MISCOMPARE DURING VERIFY OPERATION with
-    INFORMATION = offset of the first differing byte within the compared data.
-    """
-    check_writable(dev)
-    if cdb[1] & _PROTECT_MASK:
-        raise invalid_field()
-    lba, count = u(cdb, 2, 8), cdb[13]
-    if count > dev.max_compare_and_write_lbas:
-        raise invalid_field()
-    check_lba_range(dev, lba, count)
-    if count == 0:  # SBC-3: nothing compared or written, not an error
-        return
-    size = count * dev.block_size
-    if len(data_out) != 2 * size:
-        raise CommandFailed(scsi.PARAMETER_LIST_LENGTH_ERROR)
-    offset = lba * dev.block_size
-    mismatch = backend.compare_and_write(offset, data_out[:size], data_out[size:])
-    if mismatch is not None:
-        raise CommandFailed(scsi.MISCOMPARE_DURING_VERIFY, info=mismatch)
-    if cdb[1] & _FUA:
-        backend.flush()
+    if ranges:
+        make_durable(dev, backend, False)
 
 
 def start_stop_unit(dev: DeviceInfo, backend: DataBackend, cdb: bytes, data_out: bytes) -> None:

@@ -21,12 +21,29 @@ Reply = tuple[int, bytes | None, bytes | None]
 
 
 class CommandFailed(Exception):
-    """Terminate the command with CHECK CONDITION and this sense (``info``: INFORMATION)."""
+    """Terminate the command with CHECK CONDITION and this sense.
 
-    def __init__(self, sense: Sense, info: int | None = None) -> None:
+    ``info`` fills INFORMATION (VALID set); ``field`` = (byte, bit) of the CDB bit at fault
+    fills the sense-key specific FIELD POINTER (SPC-4 sense data), so a host can tell which
+    bit we refused without guessing.
+    """
+
+    def __init__(
+        self, sense: Sense, info: int | None = None, field: tuple[int, int] | None = None
+    ) -> None:
         super().__init__(sense)
         self.sense = sense
         self.info = info
+        self.field = field
+
+    def sense_bytes(self) -> bytes:
+        """Fixed-format sense data with INFORMATION and the CDB field pointer when known."""
+        buf = bytearray(self.sense.to_bytes(info=self.info))
+        if self.field is not None:
+            byte, bit = self.field
+            buf[15] = 0x80 | 0x40 | 0x08 | bit  # SKSV, C/D = CDB, BPV, BIT POINTER
+            buf[16:18] = byte.to_bytes(2, "big")
+        return bytes(buf)
 
 
 def cdb_length(opcode: int) -> int | None:
@@ -39,8 +56,46 @@ def u(cdb: bytes, start: int, length: int) -> int:
     return int.from_bytes(cdb[start : start + length], "big")
 
 
-def invalid_field() -> CommandFailed:
-    return CommandFailed(scsi.INVALID_FIELD_IN_CDB)
+def invalid_field(field: tuple[int, int] | None = None) -> CommandFailed:
+    """INVALID FIELD IN CDB; ``field`` = (byte, leftmost bit) of the field at fault."""
+    return CommandFailed(scsi.INVALID_FIELD_IN_CDB, field=field)
+
+
+def check_usage(cdb: bytes, mask: bytes) -> None:
+    """INVALID FIELD IN CDB for any bit set outside ``mask`` (the command's accepted bits).
+
+    SPC-4 lets a device server refuse non-zero reserved bits; doing it from the same mask
+    REPORT SUPPORTED OPERATION CODES reports makes the report true by construction.
+    Scanned from byte 0 and the high bit down, like the disks that do the same, so the
+    pointer names the first offending bit.
+    """
+    for byte, (value, allowed) in enumerate(zip(cdb, mask, strict=True)):
+        extra = value & ~allowed
+        if extra:
+            raise invalid_field((byte, extra.bit_length() - 1))
+
+
+def lba_and_length(cdb: bytes) -> tuple[int, int]:
+    """LBA and TRANSFER LENGTH of a CDB in the READ/WRITE layout of its size (SBC-4 §5).
+
+    6 bytes: 21-bit LBA, length 0 means 256; 10: LBA 2-5, length 7-8; 12: LBA 2-5, length
+    6-9; 16: LBA 2-9, length 10-13.  VERIFY, WRITE AND VERIFY, ORWRITE, SYNCHRONIZE CACHE and
+    WRITE SAME put their LBA and block count in the same places.
+    """
+    size = len(cdb)
+    if size == 6:
+        return u(cdb, 1, 3) & 0x1FFFFF, cdb[4] or 256
+    if size == 10:
+        return u(cdb, 2, 4), u(cdb, 7, 2)
+    if size == 12:
+        return u(cdb, 2, 4), u(cdb, 6, 4)
+    return u(cdb, 2, 8), u(cdb, 10, 4)
+
+
+def check_transfer_length(dev: DeviceInfo, count: int) -> None:
+    """SBC-4 Block Limits VPD page: more than MAXIMUM TRANSFER LENGTH is INVALID FIELD IN CDB."""
+    if count > dev.max_transfer_lbas:
+        raise invalid_field()
 
 
 def check_lba_range(dev: DeviceInfo, lba: int, count: int) -> None:
@@ -53,5 +108,6 @@ def check_lba_range(dev: DeviceInfo, lba: int, count: int) -> None:
 
 
 def check_writable(dev: DeviceInfo) -> None:
+    """DATA PROTECT / WRITE PROTECTED on a read-only LU (SBC-4 write protection)."""
     if dev.read_only:
         raise CommandFailed(WRITE_PROTECTED)

@@ -62,6 +62,10 @@ class DeviceInfo:
     (``provisioning.unmap_granularity``); ``rtpi`` / ``target_port_group`` add the VPD 0x83
     target port designators when the daemon knows them; ``tpgs`` is the INQUIRY TPGS field
     (0 = no ALUA).
+    ``transport_descriptor`` is the SPC-4 version descriptor of the fabric the LU is exported
+    on (0x0960 iSCSI), listed in standard INQUIRY after SAM-5/SPC-4/SBC-3; None (the
+    default) lists none, because LIO may export one backstore over iSCSI, FC, SRP, loopback
+    or vhost at once and the handler cannot see which: no claim beats a wrong one.
     """
 
     identity: str
@@ -83,6 +87,7 @@ class DeviceInfo:
     max_write_same_lbas: int = 0x10000
     max_compare_and_write_lbas: int = 1
     unmap_granularity: int = 1
+    transport_descriptor: int | None = None
 
     def __post_init__(self) -> None:
         if self.block_size not in BLOCK_SIZES:
@@ -99,6 +104,8 @@ class DeviceInfo:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 0xFFFF:
                 raise DeviceConfigError(f"{name} must be 0..65535")
+        if self.transport_descriptor is not None and not 0 < self.transport_descriptor <= 0xFFFF:
+            raise DeviceConfigError("transport descriptor must be 1..65535")
         if not 0 <= self.physical_block_exponent <= 15:
             raise DeviceConfigError("physical block exponent must be 0..15")
         if self.max_transfer_bytes < self.block_size:

@@ -34,14 +34,23 @@ _TYPE_TARGET_PORT_GROUP = 5
 _PERIPHERAL_DISK = 0x00
 _VERSION_SPC4 = 0x06
 
+# Version descriptors (SPC-4 table "Version descriptor values").
+VERSION_SAM5 = 0x00A0
+VERSION_SPC4 = 0x0460
+VERSION_SBC3 = 0x04C0
+VERSION_ISCSI = 0x0960
+_STANDARD_LENGTH = 96  # through the last reserved byte after the eight version descriptors
+
 
 def _pad(text: str, width: int) -> bytes:
     return text.encode("ascii").ljust(width, b" ")
 
 
 def standard_inquiry(dev: DeviceInfo) -> bytes:
-    """36 bytes: a direct-access block device, SPC-4, command queuing, no 3PC."""
-    buf = bytearray(36)
+    """96 bytes (SPC-4 §6.6.2): a direct-access block device, VERSION 06h (SPC-4), command
+    queuing, no 3PC, and the version descriptors at bytes 58-73: SAM-5, SPC-4, SBC-3 and the
+    transport when the device knows it.  ADDITIONAL LENGTH covers all 96 bytes, as LIO's."""
+    buf = bytearray(_STANDARD_LENGTH)
     buf[0] = _PERIPHERAL_DISK
     buf[2] = _VERSION_SPC4
     buf[3] = 0x10 | 0x02  # HISUP, RESPONSE DATA FORMAT 2
@@ -51,6 +60,11 @@ def standard_inquiry(dev: DeviceInfo) -> bytes:
     buf[8:16] = _pad(dev.vendor, 8)
     buf[16:32] = _pad(dev.product, 16)
     buf[32:36] = _pad(dev.revision, 4)
+    versions = [VERSION_SAM5, VERSION_SPC4, VERSION_SBC3]
+    if dev.transport_descriptor is not None:
+        versions.append(dev.transport_descriptor)
+    for i, code in enumerate(versions):
+        buf[58 + 2 * i : 60 + 2 * i] = code.to_bytes(2, "big")
     return bytes(buf)
 
 
@@ -154,9 +168,7 @@ SUPPORTED_PAGES = (
 
 def inquiry(dev: DeviceInfo, cdb: bytes) -> bytes:
     """INQUIRY (6-byte CDB, length already checked); data-in cut to ALLOCATION LENGTH."""
-    evpd, cmddt, page_code = cdb[1] & 0x01, cdb[1] & 0x02, cdb[2]
-    if cmddt:  # obsolete in SPC-4: a device that does not support it shall reject it
-        raise invalid_field()
+    evpd, page_code = cdb[1] & 0x01, cdb[2]  # CMDDT (obsolete) is outside the usage mask
     if evpd:
         data = vpd_page(dev, page_code)
         if data is None:

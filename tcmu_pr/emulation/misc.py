@@ -10,7 +10,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
-from tcmu_pr.emulation.cdb import NO_ADDITIONAL_SENSE, cdb_length, invalid_field, u
+from tcmu_pr.emulation.cdb import NO_ADDITIONAL_SENSE, invalid_field, u
+from tcmu_pr.emulation.registry import Offered
 
 #: MAINTENANCE IN service action of REPORT SUPPORTED OPERATION CODES.
 SA_REPORT_SUPPORTED_OPCODES = 0x0C
@@ -26,40 +27,68 @@ def request_sense(cdb: bytes) -> bytes:
     return data[: cdb[4]]
 
 
-def _usage_mask(opcode: int, service_action: int | None) -> bytes:
-    """A CDB USAGE DATA mask: every bit the CDB may carry (we do not narrow it per field)."""
-    length = cdb_length(opcode) or 16
-    mask = bytearray(b"\xff" * length)
-    mask[0] = opcode
-    if service_action is not None:
-        mask[1] = (mask[1] & 0xE0) | service_action
-    return bytes(mask)
+def _timeouts(command: Offered) -> bytes:
+    """Command timeouts descriptor (SPC-4 §6.35.4): DESCRIPTOR LENGTH 0Ah, no command-specific
+    data, NOMINAL COMMAND PROCESSING TIMEOUT 0 (not specified: it depends on the store),
+    RECOMMENDED COMMAND TIMEOUT from the dispatch table."""
+    return struct.pack(">HxBII", 0x0A, 0, 0, command.timeout)
 
 
-def report_supported_opcodes(cdb: bytes, supported: Iterable[tuple[int, int | None]]) -> bytes:
-    """REPORTING OPTIONS 0 (all), 1 (opcode without SA), 2 (opcode + SA); RCTD not supported."""
-    commands = sorted(set(supported), key=lambda c: (c[0], -1 if c[1] is None else c[1]))
-    options, opcode, sa = cdb[2] & 0x07, cdb[3], u(cdb, 4, 2)
-    if cdb[2] & 0x80:  # RCTD: no timeouts descriptors
-        raise invalid_field()
-    if options == 0:
-        descriptors = b"".join(
-            struct.pack(
-                ">BxHxBH", op, sa_ or 0, 0x01 if sa_ is not None else 0, cdb_length(op) or 16
-            )
-            for op, sa_ in commands
+def _all_commands(commands: list[Offered], rctd: bool) -> bytes:
+    """REPORTING OPTIONS 000b: one command descriptor per command (SPC-4 §6.35.2)."""
+    descriptors = b"".join(
+        struct.pack(
+            ">BxHxBH",
+            c.opcode,
+            c.service_action or 0,
+            (0x02 if rctd else 0) | (0x01 if c.service_action is not None else 0),  # CTDP, SERVACTV
+            len(c.usage),
         )
-        data = struct.pack(">I", len(descriptors)) + descriptors
-    elif options in (1, 2):
-        with_sa = {op for op, s in commands if s is not None}
-        if (options == 1) == (opcode in with_sa):  # option 1 is for opcodes without SAs
-            raise invalid_field()
-        wanted = (opcode, sa if options == 2 else None)
-        if wanted in commands:
-            mask = _usage_mask(*wanted)
-            data = struct.pack(">BBH", 0, 0x03, len(mask)) + mask  # SUPPORT 011b: as per standard
-        else:
-            data = struct.pack(">BBH", 0, 0x01, 0)  # SUPPORT 001b: not supported
-    else:
+        + (_timeouts(c) if rctd else b"")
+        for c in commands
+    )
+    return struct.pack(">I", len(descriptors)) + descriptors
+
+
+def _one_command(command: Offered | None, rctd: bool) -> bytes:
+    """The one_command parameter data (SPC-4 §6.35.3): SUPPORT 011b with the CDB USAGE DATA,
+    or SUPPORT 001b (not supported) and nothing else."""
+    if command is None:
+        return struct.pack(">BBH", 0, 0x01, 0)
+    ctdp = 0x80 if rctd else 0
+    data = struct.pack(">BBH", 0, ctdp | 0x03, len(command.usage)) + command.usage
+    return data + (_timeouts(command) if rctd else b"")
+
+
+def _find(commands: list[Offered], options: int, opcode: int, sa: int) -> Offered | None:
+    """The command REPORTING OPTIONS 001b/010b/011b ask about (SPC-4 §6.35.1 table).
+
+    001b is for an opcode without service actions and 010b for one with them: asking the
+    other way round about an opcode we answer is INVALID FIELD IN CDB.  011b takes either;
+    for an opcode without service actions it ignores REQUESTED SERVICE ACTION.  An opcode
+    we do not answer is "not supported" under every option.
+    """
+    same_opcode = [c for c in commands if c.opcode == opcode]
+    has_sa = any(c.service_action is not None for c in same_opcode)
+    if same_opcode and ((options == 1 and has_sa) or (options == 2 and not has_sa)):
         raise invalid_field()
+    if has_sa:
+        return next((c for c in same_opcode if c.service_action == sa), None)
+    return same_opcode[0] if same_opcode else None
+
+
+def report_supported_opcodes(cdb: bytes, offered: Iterable[Offered]) -> bytes:
+    """REPORT SUPPORTED OPERATION CODES, every REPORTING OPTIONS value SPC-4 defines, with
+    command timeouts descriptors when RCTD is set; cut to ALLOCATION LENGTH."""
+    commands = sorted(
+        offered, key=lambda c: (c.opcode, -1 if c.service_action is None else c.service_action)
+    )
+    rctd = bool(cdb[2] & 0x80)
+    options, opcode, sa = cdb[2] & 0x07, cdb[3], u(cdb, 4, 2)
+    if options == 0:
+        data = _all_commands(commands, rctd)
+    elif options <= 3:
+        data = _one_command(_find(commands, options, opcode, sa), rctd)
+    else:  # 100b-111b are reserved
+        raise invalid_field((2, 2))
     return data[: u(cdb, 6, 4)]
