@@ -151,48 +151,74 @@ static ssize_t finish(rbd_completion_t c)
 	return rc;
 }
 
-typedef int (*vec_fn)(rbd_image_t, const struct iovec *, int, uint64_t, rbd_completion_t);
+/* The completion's argument carries what wait_io needs: the length (librbd completes a
+ * write with 0) and the direction, so nothing is allocated per transfer. */
+#define ARG_WRITE 1u
+
+/* Start a transfer of total (> 0) bytes at off: range-checked, then handed to librbd. */
+static int start_io(struct rbd_io *io, int write, const struct iovec *iov, int iovcnt,
+		    uint64_t off, int64_t total, rbd_completion_t *c)
+{
+	int rc;
+
+	if ((uint64_t)total > UINTPTR_MAX >> 1)
+		return -EOVERFLOW;
+	rc = check_range(io, off, (uint64_t)total);
+	if (rc < 0)
+		return rc;
+	rc = rbd_aio_create_completion((void *)(((uintptr_t)total << 1) | (write ? ARG_WRITE : 0)),
+				       NULL, c);
+	if (rc < 0)
+		return rc;
+	rc = write ? rbd_aio_writev(io->image, iov, iovcnt, off, *c)
+		   : rbd_aio_readv(io->image, iov, iovcnt, off, *c);
+	if (rc < 0)
+		rbd_aio_release(*c);
+	return rc;
+}
+
+/*
+ * Wait for a transfer start_io began; bytes moved or -errno. librbd completes a write with
+ * 0 and a read with the bytes it filled. A read is reported as librbd counted it: should
+ * the image shrink between check_range and the read, claiming the whole length would pass
+ * off stale buffer bytes as data.
+ */
+static ssize_t wait_io(rbd_completion_t c)
+{
+	uintptr_t arg = (uintptr_t)rbd_aio_get_arg(c);
+	ssize_t total = (ssize_t)(arg >> 1);
+	ssize_t ret = finish(c);
+
+	if (ret < 0)
+		return ret;
+	return (arg & ARG_WRITE) ? total : (ret > total ? total : ret);
+}
 
 static ssize_t vector_io(struct rbd_io *io, const struct iovec *iov, int iovcnt, uint64_t off,
-			 vec_fn fn, int write)
+			 int write)
 {
 	rbd_completion_t c;
 	int64_t total = iov_total(iov, iovcnt);
-	ssize_t ret;
 	int rc;
 
 	if (total < 0)
 		return total;
-	rc = check_range(io, off, (uint64_t)total);
-	if (rc < 0)
-		return rc;
-	if (total == 0)
-		return 0;
-	rc = rbd_aio_create_completion(NULL, NULL, &c);
-	if (rc < 0)
-		return rc;
-	rc = fn(io->image, iov, iovcnt, off, c);
-	if (rc < 0) {
-		rbd_aio_release(c);
-		return rc;
+	if (total == 0) {
+		rc = check_range(io, off, 0);
+		return rc < 0 ? rc : 0;
 	}
-	/* librbd completes a write with 0 and a read with the bytes it filled.  A read is
-	 * reported as librbd counted it: should the image shrink between check_range and the
-	 * read, claiming the whole length would pass off stale buffer bytes as data. */
-	ret = finish(c);
-	if (ret < 0)
-		return ret;
-	return write ? (ssize_t)total : (ret > total ? (ssize_t)total : ret);
+	rc = start_io(io, write, iov, iovcnt, off, total, &c);
+	return rc < 0 ? rc : wait_io(c);
 }
 
 ssize_t rbd_io_readv(struct rbd_io *io, const struct iovec *iov, int iovcnt, uint64_t off)
 {
-	return vector_io(io, iov, iovcnt, off, rbd_aio_readv, 0);
+	return vector_io(io, iov, iovcnt, off, 0);
 }
 
 ssize_t rbd_io_writev(struct rbd_io *io, const struct iovec *iov, int iovcnt, uint64_t off)
 {
-	return vector_io(io, iov, iovcnt, off, rbd_aio_writev, 1);
+	return vector_io(io, iov, iovcnt, off, 1);
 }
 
 int rbd_io_flush(struct rbd_io *io)
@@ -378,50 +404,25 @@ static int ring_rbd_flush(void *b)
 	return rbd_io_flush(b);
 }
 
-/* The completion's argument carries what reap needs: the length (librbd completes a
- * write with 0) and the direction, so nothing is allocated per command. */
-#define ARG_WRITE 1u
-
 static int ring_rbd_submit(void *b, int write, const struct iovec *iov, int cnt, uint64_t off,
 			   void **h)
 {
-	struct rbd_io *io = b;
 	int64_t total = iov_total(iov, cnt);
 	rbd_completion_t c;
 	int rc;
 
 	if (total <= 0)
 		return total < 0 ? (int)total : -EINVAL;
-	if ((uint64_t)total > UINTPTR_MAX >> 1)
-		return -EOVERFLOW;
-	rc = check_range(io, off, (uint64_t)total);
+	rc = start_io(b, write, iov, cnt, off, total, &c);
 	if (rc < 0)
 		return rc;
-	rc = rbd_aio_create_completion((void *)(((uintptr_t)total << 1) | (write ? ARG_WRITE : 0)),
-				       NULL, &c);
-	if (rc < 0)
-		return rc;
-	rc = write ? rbd_aio_writev(io->image, iov, cnt, off, c)
-		   : rbd_aio_readv(io->image, iov, cnt, off, c);
-	if (rc < 0) {
-		rbd_aio_release(c);
-		return rc;
-	}
 	*h = c;
 	return 0;
 }
 
 static ssize_t ring_rbd_reap(void *b __attribute__((unused)), void *h)
 {
-	rbd_completion_t c = h;
-	uintptr_t arg = (uintptr_t)rbd_aio_get_arg(c);
-	ssize_t total = (ssize_t)(arg >> 1);
-	ssize_t ret = finish(c);
-
-	if (ret < 0)
-		return ret;
-	/* a read counts what librbd filled (see vector_io) */
-	return (arg & ARG_WRITE) ? total : (ret > total ? total : ret);
+	return wait_io(h);
 }
 
 const struct ring_backend_ops rbd_ring_ops = {

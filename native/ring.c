@@ -278,6 +278,52 @@ static int entry_iov(struct ring_ctx *ctx, const uint8_t *ent, uint32_t i, uint6
 enum disposition { DONE, PUNT, PUNT_AND_STOP };
 
 /*
+ * Point v (at most IOV_CHUNK entries, *n of them filled) at the entry's iovecs from *i on,
+ * at most bytes in all, skipping empty ones; each is re-read and must still be in bounds.
+ * Returns the bytes gathered (0: the iovecs end before bytes) or -1 on a bad iovec.
+ */
+static int64_t gather(struct ring_ctx *ctx, const uint8_t *ent, uint32_t cnt, uint32_t *i,
+		      uint64_t bytes, struct iovec *v, int *n)
+{
+	uint64_t o, l, total = 0;
+
+	while (*i < cnt && *n < IOV_CHUNK && total < bytes) {
+		if (entry_iov(ctx, ent, *i, &o, &l))
+			return -1;
+		(*i)++;
+		if (l > bytes - total)
+			l = bytes - total;
+		if (!l)
+			continue;
+		v[*n].iov_base = ctx->map + o;
+		v[*n].iov_len = l;
+		(*n)++;
+		total += l;
+	}
+	return (int64_t)total;
+}
+
+/* All or nothing: every iovec of the entry in bounds before any transfer; 0 or -1. */
+static int check_iovs(struct ring_ctx *ctx, const uint8_t *ent, uint32_t cnt)
+{
+	uint64_t o, l;
+
+	for (uint32_t i = 0; i < cnt; i++)
+		if (entry_iov(ctx, ent, i, &o, &l))
+			return -1;
+	return 0;
+}
+
+/* A failed transfer: WRITE ERROR or UNRECOVERED READ ERROR. */
+static void fail_io(struct ring_ctx *ctx, struct tcmu_cmd_entry *ent, int write)
+{
+	if (write)
+		fail(ctx, ent, SENSE_WRITE_ERROR);
+	else
+		fail(ctx, ent, SENSE_READ_ERROR);
+}
+
+/*
  * Move bytes between the backend at byte offset off and the entry's iovecs, in chunks,
  * resuming after short transfers. 0, or -1 on a bad iovec, or -2 on an I/O error.
  */
@@ -286,29 +332,17 @@ static int data_io(struct ring_ctx *ctx, const uint8_t *ent, uint32_t cnt, int w
 {
 	struct iovec v[IOV_CHUNK];
 	uint32_t i = 0;
-	uint64_t o, l;
 
-	for (i = 0; i < cnt; i++) /* all or nothing: no partial transfer before a bad iovec */
-		if (entry_iov(ctx, ent, i, &o, &l))
-			return -1;
-	i = 0;
+	if (check_iovs(ctx, ent, cnt))
+		return -1;
 	while (bytes) {
 		int n = 0;
-		uint64_t chunk = 0;
+		int64_t got = gather(ctx, ent, cnt, &i, bytes, v, &n);
+		uint64_t chunk;
 
-		while (i < cnt && n < IOV_CHUNK && chunk < bytes) {
-			if (entry_iov(ctx, ent, i, &o, &l)) /* re-read: must still be in bounds */
-				return -1;
-			i++;
-			if (l > bytes - chunk)
-				l = bytes - chunk;
-			if (!l)
-				continue;
-			v[n].iov_base = ctx->map + o;
-			v[n].iov_len = l;
-			n++;
-			chunk += l;
-		}
+		if (got < 0)
+			return -1;
+		chunk = (uint64_t)got;
 		if (!chunk) /* iovecs shorter than the transfer: the rest is not wanted */
 			return 0;
 		/* one chunk, retried until complete */
@@ -349,10 +383,8 @@ static void reap_all(struct ring_ctx *ctx)
 
 		if (r >= 0 && (uint64_t)r == f->bytes)
 			write_rsp(f->ent, ST_GOOD, NULL, 0);
-		else if (f->write)
-			fail(ctx, f->ent, SENSE_WRITE_ERROR);
 		else
-			fail(ctx, f->ent, SENSE_READ_ERROR);
+			fail_io(ctx, f->ent, f->write);
 	}
 	ctx->n_inflight = 0;
 }
@@ -367,40 +399,32 @@ static int submit_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *ent, uint32_t
 		      int write, uint64_t off, uint64_t bytes)
 {
 	struct ring_inflight *f;
-	struct iovec *v;
-	uint64_t o, l, total = 0;
+	uint32_t i = 0;
 	int n = 0;
+	int64_t total;
 
 	if (cnt > IOV_CHUNK)
 		return 0;
 	if (ctx->n_inflight == RING_MAX_INFLIGHT)
 		reap_all(ctx);
 	f = &ctx->inflight[ctx->n_inflight];
-	v = f->iov;
-	for (uint32_t i = 0; i < cnt; i++) {
-		if (entry_iov(ctx, (const uint8_t *)ent, i, &o, &l)) {
-			fail(ctx, ent, SENSE_INTERNAL_TARGET_FAILURE);
-			return 1;
-		}
-		if (l > bytes - total)
-			l = bytes - total;
-		if (!l)
-			continue;
-		v[n].iov_base = ctx->map + o;
-		v[n].iov_len = l;
-		n++;
-		total += l;
+	total = check_iovs(ctx, (const uint8_t *)ent, cnt)
+			? -1
+			: gather(ctx, (const uint8_t *)ent, cnt, &i, bytes, f->iov, &n);
+	if (total < 0) {
+		fail(ctx, ent, SENSE_INTERNAL_TARGET_FAILURE);
+		return 1;
 	}
 	if (!total) { /* nothing wanted: as the synchronous path answers */
 		write_rsp(ent, ST_GOOD, NULL, 0);
 		return 1;
 	}
-	if (ctx->ops->submit(ctx->backend, write, v, n, off, &f->h)) {
-		write ? fail(ctx, ent, SENSE_WRITE_ERROR) : fail(ctx, ent, SENSE_READ_ERROR);
+	if (ctx->ops->submit(ctx->backend, write, f->iov, n, off, &f->h)) {
+		fail_io(ctx, ent, write);
 		return 1;
 	}
 	f->ent = ent;
-	f->bytes = total;
+	f->bytes = (uint64_t)total;
 	f->write = write;
 	ctx->n_inflight++;
 	ctx->stats.submitted++;
@@ -514,7 +538,7 @@ static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *e
 	if (r == -1)
 		fail(ctx, ent, SENSE_INTERNAL_TARGET_FAILURE);
 	else if (r == -2)
-		write ? fail(ctx, ent, SENSE_WRITE_ERROR) : fail(ctx, ent, SENSE_READ_ERROR);
+		fail_io(ctx, ent, write);
 	else
 		write_rsp(ent, ST_GOOD, NULL, 0);
 	return DONE;
