@@ -27,9 +27,9 @@ GOOD = "GOOD"
 EXPECTED: dict[str, tuple[str, str]] = {
     "INQUIRY standard": (GOOD, "version 06 descriptors 00A0,0460,04C0"),
     "READ CAPACITY(16)": (GOOD, "LBPME 1 LBPRZ 1"),
-    "VPD B0 Block Limits": (GOOD, "max unmap"),
+    "VPD B0 Block Limits": (GOOD, "max unmap 4194304 descriptors 256 granularity 8"),
     "VPD B2 Logical Block Provisioning": (GOOD, "LBPU 1 LBPWS 1 LBPWS10 1 LBPRZ 1 type 2"),
-    "MODE SENSE(10) caching": (GOOD, "WCE"),
+    "MODE SENSE(10) caching": (GOOD, "WCE 1"),  # devices start with the cache on
     "WRITE(10)": (GOOD, ""),
     "WRITE(10) FUA": (GOOD, ""),
     "WRITE(10) WRPROTECT=1": (INVALID_FIELD, ""),
@@ -60,8 +60,8 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "WRITE SAME(16) UNMAP zeros": (GOOD, ""),
     "WRITE SAME(10) UNMAP zeros": (GOOD, ""),
     "WRITE SAME(16) past the end": (LBA_RANGE, ""),
-    "GET LBA STATUS at 0": (GOOD, "0+"),
-    "GET LBA STATUS at 1024 (unmapped)": (GOOD, "1024+"),
+    "GET LBA STATUS at 0": (GOOD, "0+16:mapped"),  # blocks 0-11 written: two 4 KiB fs blocks
+    "GET LBA STATUS at 1024 (unmapped)": (GOOD, "1024+523264:deallocated"),
     "GET LBA STATUS past the end": (LBA_RANGE, ""),
     "SYNCHRONIZE CACHE(10)": (GOOD, ""),
     "SYNCHRONIZE CACHE(10) past the end": (LBA_RANGE, ""),
