@@ -19,6 +19,8 @@ CDEF = """
 #define RING_VERDICT_READ ...
 #define RING_VERDICT_WRITE ...
 #define RING_VERDICT_UA ...
+#define RING_VERDICT_KNOWN ...
+#define RING_NEXUS_SLOTS ...
 #define RING_ERR_MAILBOX ...
 #define RING_ERR_HEAD ...
 #define RING_ERR_ENTRY ...
@@ -40,7 +42,8 @@ struct ring_stats {
 struct ring_ctx {
     uint32_t cmdr_off; uint32_t cmdr_size; uint64_t data_off; uint16_t mb_flags;
     uint32_t verdict; uint32_t scan; uint32_t n_pending; struct ring_stats stats;
-    uint32_t busy; uint64_t lease_ms; ...;
+    uint32_t busy; uint64_t lease_ms; uint32_t nexus_mode;
+    uint32_t nexus_verdict[...]; ...;
 };
 
 int tcmu_ring_init(struct ring_ctx *ctx, void *map, uint64_t map_size, int kick_fd,
@@ -56,6 +59,10 @@ int64_t tcmu_ring_complete(struct ring_ctx *ctx, uint32_t entry_off, uint8_t sta
                            uint64_t data_len);
 int tcmu_ring_commit(struct ring_ctx *ctx);
 uint32_t tcmu_ring_publish(struct ring_ctx *ctx, uint32_t verdict, uint64_t lease_ms);
+uint32_t tcmu_ring_publish_nexus(struct ring_ctx *ctx, uint64_t handle, uint32_t verdict,
+                                 uint64_t lease_ms);
+void tcmu_ring_nexus_mode(struct ring_ctx *ctx, uint32_t on);
+int64_t tcmu_ring_nexus(struct ring_ctx *ctx, uint32_t entry_off);
 int tcmu_ring_run(struct ring_ctx *ctx, int wait_fd, uint32_t event_size, int timeout_ms,
                   uint32_t *punts, uint32_t max_punts);
 """

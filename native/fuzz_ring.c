@@ -15,9 +15,10 @@
  *
  * Input layout (big-endian; missing bytes read as 0): sel u8 (bit 0: allow an unaligned ring
  * size, bit 1: cmdr_off byte follows, bit 2: cmd_tail follows, bit 3: no data-in answers,
- * bit 4: the backend has submit/reap, bit 5: and refuses every submit),
+ * bit 4: the backend has submit/reap, bit 5: and refuses every submit, bit 6: nexus mode),
  * cmdr_size-64 u16, data_size u16, [cmdr_off-128 u8], the ring and data area bytes, flags
- * u8, [cmd_tail u16], cmd_head u16, device blocks u16, verdict u8, then per punt round:
+ * u8, [cmd_tail u16], cmd_head u16, device blocks u16, verdict u8, [nexus mode: slot count
+ * u8, then per slot handle u16 + verdict u8], then per punt round:
  * rewrites (count u8, then offset u16 + byte each), per punt data-in length u16, sense
  * length u8, status u8.
  */
@@ -171,6 +172,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	}
 	ctx.verdict = take(&in, 1) & 7;
+	if (sel & 0x40) { /* per-handle verdicts; handles past the table are ignored */
+		tcmu_ring_nexus_mode(&ctx, 1);
+		for (uint32_t k = take(&in, 1) % 8; k; k--) {
+			uint32_t h = take(&in, 2);
+
+			tcmu_ring_publish_nexus(&ctx, h, take(&in, 1) & 7, 0);
+		}
+	}
 	for (int round = 0; round < 8; round++) {
 		int n = tcmu_ring_process(&ctx, punts, RING_MAX_PUNTS);
 
@@ -186,6 +195,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			int64_t len = tcmu_ring_data_len(&ctx, punts[i]);
 
 			tcmu_ring_cdb(&ctx, punts[i], cdb, sizeof(cdb));
+			if (tcmu_ring_nexus(&ctx, punts[i]) < 0)
+				abort(); /* a pending entry always has its handle (or 0) */
 			if (len > (int64_t)data_size)
 				abort(); /* the measured length is capped by the data area */
 			if (len > 0) {
@@ -206,6 +217,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (tcmu_ring_complete(&ctx, punts[i], (uint8_t)take(&in, 1), sense, slen,
 					       (sel & 8) ? NULL : reply, dlen) < 0)
 				abort(); /* a pending entry can always be answered */
+			if (tcmu_ring_nexus(&ctx, punts[i]) != RING_ERR_NOT_CMD)
+				abort(); /* ... and then is no longer pending */
 			free(reply);
 			/* nothing of the request survives behind the sense written */
 			const uint8_t *sb = map + punts[i] + 16;

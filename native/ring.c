@@ -26,6 +26,7 @@ _Static_assert(sizeof(struct tcmu_mailbox) == 128, "mailbox size");
 _Static_assert(sizeof(struct tcmu_cmd_entry_hdr) == 8, "hdr size");
 _Static_assert(offsetof(struct tcmu_cmd_entry, req.iov_cnt) == 8, "iov_cnt");
 _Static_assert(offsetof(struct tcmu_cmd_entry, req.cdb_off) == 24, "cdb_off");
+_Static_assert(offsetof(struct tcmu_cmd_entry, req.nexus_handle) == 32, "nexus_handle");
 _Static_assert(offsetof(struct tcmu_cmd_entry, req.iov) == 48, "iov");
 _Static_assert(offsetof(struct tcmu_cmd_entry, rsp.scsi_status) == 8, "scsi_status");
 _Static_assert(offsetof(struct tcmu_cmd_entry, rsp.read_len) == 12, "read_len");
@@ -447,8 +448,35 @@ static int is_pr_changer(uint8_t op)
 	return op == 0x5f || op == 0x16 || op == 0x17 || op == 0x56 || op == 0x57;
 }
 
+/* Why an entry's verdict is not known in nexus mode: it is punted for Python to resolve. */
+enum unknown { KNOWN = 0, NO_HANDLE, UNRESOLVED };
+
+/*
+ * The verdict an entry is checked against: the device's word, or in nexus mode the slot of
+ * the entry's handle (read from the entry once, by the caller). A handle outside the table
+ * or without a published slot leaves *why set and the verdict 0.
+ */
+static uint32_t entry_verdict(struct ring_ctx *ctx, uint64_t handle, enum unknown *why)
+{
+	uint32_t v;
+
+	*why = KNOWN;
+	if (!__atomic_load_n(&ctx->nexus_mode, __ATOMIC_RELAXED))
+		return __atomic_load_n(&ctx->verdict, __ATOMIC_SEQ_CST);
+	if (!handle || handle >= RING_NEXUS_SLOTS) {
+		*why = NO_HANDLE;
+		return 0;
+	}
+	v = __atomic_load_n(&ctx->nexus_verdict[handle], __ATOMIC_SEQ_CST);
+	if (!(v & RING_VERDICT_KNOWN)) {
+		*why = UNRESOLVED; /* the batch ends: once resolved, later commands go fast */
+		return 0;
+	}
+	return v;
+}
+
 static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *ent,
-				  uint32_t len, int expired)
+				  uint32_t len, int expired, uint64_t *handle)
 {
 	const uint8_t *raw = (const uint8_t *)ent;
 	uint8_t cdb[16];
@@ -456,6 +484,10 @@ static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *e
 	int64_t cnt = entry_iov_cnt(ctx, raw, len);
 	uint64_t lba, blocks;
 	int write, fua = 0;
+	enum unknown why;
+
+	/* read once: what the fast path decides on is what Python is told (tcmu_ring_nexus) */
+	*handle = (load_u8(raw + 6) & TCMU_KFLAG_NEXUS) ? load_u64(raw + 32) & INT64_MAX : 0;
 
 	if (cnt < 0) {
 		fail(ctx, ent, SENSE_INTERNAL_TARGET_FAILURE);
@@ -489,10 +521,12 @@ static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *e
 		blocks = be(cdb + 10, 4);
 		break;
 	default: {
-		uint32_t v = __atomic_load_n(&ctx->verdict, __ATOMIC_SEQ_CST);
+		uint32_t v = entry_verdict(ctx, *handle, &why);
 
 		if (clen > 0 && is_pr_changer(cdb[0]))
 			return PUNT_AND_STOP;
+		if (why != KNOWN)
+			return why == UNRESOLVED ? PUNT_AND_STOP : PUNT;
 		return (v & RING_VERDICT_UA) ? PUNT_AND_STOP : PUNT;
 	}
 	}
@@ -505,10 +539,12 @@ static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *e
 		fua = write && (cdb[1] & 0x08);
 	}
 
-	uint32_t v = __atomic_load_n(&ctx->verdict, __ATOMIC_SEQ_CST);
+	uint32_t v = entry_verdict(ctx, *handle, &why);
 
 	if (expired) /* the PR state is not vouched for: Python re-validates first */
 		return PUNT;
+	if (why != KNOWN) /* whose command this is, Python finds out */
+		return why == UNRESOLVED ? PUNT_AND_STOP : PUNT;
 	if (v & RING_VERDICT_UA) /* Python delivers the unit attention first */
 		return PUNT_AND_STOP;
 	if (!(v & (write ? RING_VERDICT_WRITE : RING_VERDICT_READ))) {
@@ -617,6 +653,24 @@ uint32_t tcmu_ring_publish(struct ring_ctx *ctx, uint32_t verdict, uint64_t leas
 	return __atomic_load_n(&ctx->busy, __ATOMIC_SEQ_CST);
 }
 
+uint32_t tcmu_ring_publish_nexus(struct ring_ctx *ctx, uint64_t handle, uint32_t verdict,
+				 uint64_t lease_ms)
+{
+	__atomic_store_n(&ctx->lease_ms, lease_ms, __ATOMIC_SEQ_CST);
+	if (handle && handle < RING_NEXUS_SLOTS)
+		__atomic_store_n(&ctx->nexus_verdict[handle], verdict | RING_VERDICT_KNOWN,
+				 __ATOMIC_SEQ_CST);
+	return __atomic_load_n(&ctx->busy, __ATOMIC_SEQ_CST);
+}
+
+void tcmu_ring_nexus_mode(struct ring_ctx *ctx, uint32_t on)
+{
+	if (!on)
+		for (uint32_t i = 0; i < RING_NEXUS_SLOTS; i++)
+			__atomic_store_n(&ctx->nexus_verdict[i], 0, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&ctx->nexus_mode, !!on, __ATOMIC_SEQ_CST);
+}
+
 static int process(struct ring_ctx *ctx, uint32_t *punts, uint32_t max_punts)
 {
 	struct tcmu_mailbox *mb = mailbox(ctx);
@@ -656,13 +710,15 @@ static int process(struct ring_ctx *ctx, uint32_t *punts, uint32_t max_punts)
 		} else if (op == TCMU_OP_CMD && len >= ENTRY_MIN_LEN) {
 			if (n == max_punts)
 				break; /* no room to punt this one: next call */
-			enum disposition d =
-				serve_cmd(ctx, (struct tcmu_cmd_entry *)(ring + scan), len, expired);
+			uint64_t handle;
+			enum disposition d = serve_cmd(ctx, (struct tcmu_cmd_entry *)(ring + scan),
+						       len, expired, &handle);
 
 			ctx->stats.cmds++;
 			if (d != DONE) {
 				punts[n] = ctx->cmdr_off + scan;
 				ctx->pending_len[n] = len;
+				ctx->pending_nexus[n] = handle;
 				ctx->pending[n++] = ctx->cmdr_off + scan;
 				ctx->n_pending = n;
 				ctx->stats.punted++;
@@ -708,6 +764,15 @@ static int64_t pending_entry(struct ring_ctx *ctx, uint32_t entry_off, const uin
 		return RING_ERR_NOT_CMD;
 	*ent = ctx->map + entry_off;
 	return ctx->pending_len[i];
+}
+
+int64_t tcmu_ring_nexus(struct ring_ctx *ctx, uint32_t entry_off)
+{
+	int i = pending_index(ctx, entry_off);
+
+	if (i < 0)
+		return RING_ERR_NOT_CMD;
+	return (int64_t)ctx->pending_nexus[i];
 }
 
 int tcmu_ring_cdb(struct ring_ctx *ctx, uint32_t entry_off, uint8_t *buf, uint32_t buflen)
@@ -809,6 +874,7 @@ done:;
 	ctx->n_pending--;
 	ctx->pending[i] = ctx->pending[ctx->n_pending];
 	ctx->pending_len[i] = ctx->pending_len[ctx->n_pending];
+	ctx->pending_nexus[i] = ctx->pending_nexus[ctx->n_pending];
 	return copied;
 }
 

@@ -23,6 +23,8 @@
 #define TCMU_MAILBOX_FLAG_CAP_READ_LEN (1 << 1)
 #define TCMU_MAILBOX_FLAG_CAP_TMR (1 << 2)
 #define TCMU_MAILBOX_FLAG_CAP_KEEP_BUF (1 << 3)
+/* tcmu-pr kernel patch (docs/nexus-abi): entries may carry a nexus handle */
+#define TCMU_MAILBOX_FLAG_CAP_NEXUS (1 << 4)
 
 struct tcmu_mailbox {
 	uint16_t version;
@@ -42,6 +44,11 @@ enum { TCMU_OP_PAD = 0, TCMU_OP_CMD = 1, TCMU_OP_TMR = 2 };
 #define TCMU_UFLAG_READ_LEN 0x2
 #define TCMU_UFLAG_KEEP_BUF 0x4
 
+/* hdr.kflags (tcmu-pr kernel patch): req.nexus_handle is valid; first command of the
+ * handle from another session than the previous one */
+#define TCMU_KFLAG_NEXUS 0x1
+#define TCMU_KFLAG_NEXUS_NEW_SESSION 0x2
+
 struct tcmu_cmd_entry_hdr {
 	uint32_t len_op;
 	uint16_t cmd_id;
@@ -59,7 +66,7 @@ struct tcmu_cmd_entry {
 			uint32_t iov_bidi_cnt;
 			uint32_t iov_dif_cnt;
 			uint64_t cdb_off;
-			uint64_t __pad1;
+			uint64_t nexus_handle; /* __pad1 in mainline; valid with TCMU_KFLAG_NEXUS */
 			uint64_t __pad2;
 			struct iovec iov[]; /* iov_base: offset from the start of the mapping */
 		} req;
@@ -113,6 +120,12 @@ const struct ring_backend_ops *tcmu_ring_file_deferred_ops(void);
 #define RING_VERDICT_READ 1u
 #define RING_VERDICT_WRITE 2u
 #define RING_VERDICT_UA 4u
+/* In a nexus slot: the handle is resolved and the slot's other bits are its verdict. */
+#define RING_VERDICT_KNOWN 8u
+
+/* Nexus mode: verdicts per nexus handle, for handles 1..RING_NEXUS_SLOTS-1; a command
+ * of another handle, or of one whose slot lacks RING_VERDICT_KNOWN, is punted. */
+#define RING_NEXUS_SLOTS 1024
 
 /* Negative results of tcmu_ring_process/complete (never -errno overlaps: < -1000). */
 #define RING_ERR_MAILBOX -1001 /* mailbox fields out of bounds at init */
@@ -165,6 +178,8 @@ struct ring_ctx {
 	uint32_t n_pending; /* punted entries not yet completed */
 	uint32_t pending[RING_MAX_PUNTS];     /* their mapping offsets */
 	uint32_t pending_len[RING_MAX_PUNTS]; /* their lengths, as checked when scanned */
+	/* their nexus handles as read when scanned (0: the entry had no TCMU_KFLAG_NEXUS) */
+	uint64_t pending_nexus[RING_MAX_PUNTS];
 	struct ring_stats stats;
 	/* Odd while tcmu_ring_process is serving commands, even otherwise: a thread that
 	 * published a new verdict waits for an odd value to change (tcmu_ring_publish). */
@@ -174,6 +189,10 @@ struct ring_ctx {
 	uint64_t lease_ms;
 	uint32_t n_inflight;
 	struct ring_inflight inflight[RING_MAX_INFLIGHT];
+	/* Nexus mode (tcmu_ring_nexus_mode): data commands are checked against their handle's
+	 * slot instead of verdict; written by Python, read before every data command. */
+	uint32_t nexus_mode;
+	uint32_t nexus_verdict[RING_NEXUS_SLOTS];
 };
 
 /* Validate the mailbox and fill ctx. 0 or a RING_ERR_* / -errno. map and the mailbox's
@@ -217,6 +236,21 @@ int64_t tcmu_ring_complete(struct ring_ctx *ctx, uint32_t entry_off, uint8_t sta
  * and verdict (the handshake needs store->load ordering, which plain accesses lack).
  */
 uint32_t tcmu_ring_publish(struct ring_ctx *ctx, uint32_t verdict, uint64_t lease_ms);
+
+/*
+ * Nexus mode: the same handshake for one handle's slot. verdict is stored with
+ * RING_VERDICT_KNOWN added; a handle outside the table is ignored (its commands keep being
+ * punted). Returns ctx->busy as tcmu_ring_publish does.
+ */
+uint32_t tcmu_ring_publish_nexus(struct ring_ctx *ctx, uint64_t handle, uint32_t verdict,
+				 uint64_t lease_ms);
+
+/* Turn nexus mode on (1) or off (0); off clears every slot. Call it before serving. */
+void tcmu_ring_nexus_mode(struct ring_ctx *ctx, uint32_t on);
+
+/* The nexus handle of a pending entry as read when it was scanned: the handle, 0 when the
+ * entry carried no TCMU_KFLAG_NEXUS, or RING_ERR_NOT_CMD. */
+int64_t tcmu_ring_nexus(struct ring_ctx *ctx, uint32_t entry_off);
 
 /* Publish cmd_tail up to the scan point and kick the kernel; 0 or RING_ERR_PENDING. */
 int tcmu_ring_commit(struct ring_ctx *ctx);

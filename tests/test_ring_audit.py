@@ -161,9 +161,17 @@ def test_closed_ring_refuses_to_run(dev):
 # -- the fuzz harness, driven by its own mutator under ASan/UBSan -------------------------
 
 
-def _seed(cdbs: list[tuple[bytes, int]], *, verdict: int = 3, sel: int = 0) -> bytes:
+def _seed(
+    cdbs: list[tuple[bytes, int]],
+    *,
+    verdict: int = 3,
+    sel: int = 0,
+    handles: list[int | None] | None = None,
+    slots: dict[int, int] | None = None,
+) -> bytes:
     """One fuzz input (layout in native/fuzz_ring.c): good entries with 256-byte iovecs;
-    ``sel`` 0x10 serves them through submit/reap, 0x30 with every submit refused."""
+    ``sel`` 0x10 serves them through submit/reap, 0x30 with every submit refused, 0x40 in
+    nexus mode: entry i carries ``handles[i]`` and ``slots`` are published per handle."""
     cmdr, data = 4096, 8192
     data_off = L.MAILBOX_SIZE + cmdr
     ring = bytearray(cmdr + data)
@@ -172,12 +180,16 @@ def _seed(cdbs: list[tuple[bytes, int]], *, verdict: int = 3, sel: int = 0) -> b
         iovs = [(data_off + 1024 * i + 256 * k, 256) for k in range(n_iov)]
         body = max(L.REQ_IOV + L.IOVEC_SIZE * n_iov, L.ENTRY_SIZE)
         size = L.align(body + len(cdb))
-        ent = encode_cmd_entry(i + 1, L.MAILBOX_SIZE + at + body, iovs, size)
+        handle = handles[i] if handles else None
+        ent = encode_cmd_entry(i + 1, L.MAILBOX_SIZE + at + body, iovs, size, nexus=handle)
         ring[at : at + len(ent)] = ent
         ring[at + body : at + body + len(cdb)] = cdb
         at += size
     head = bytes([sel]) + struct.pack(">HH", cmdr - 64, data)
     tail = bytes([L.FLAG_CAP_READ_LEN]) + struct.pack(">HH", at, 64) + bytes([verdict])
+    if sel & 0x40:
+        tail += bytes([len(slots or {})])
+        tail += b"".join(struct.pack(">HB", h, v) for h, v in (slots or {}).items())
     script = bytes([1, 0, 20, 0x77]) + struct.pack(">H", 300) + bytes([18, 2]) * 8
     return head + bytes(ring) + tail + script
 
@@ -203,6 +215,8 @@ def test_fuzz_harness_under_asan_and_ubsan(tmp_path):
         "mix-refused": _seed(mix, sel=0x30),
         "var": _seed([(variable, 1), (pr_out, 1), (bytes([8, 0, 0, 1, 1, 0]), 2)]),
         "conflict": _seed([(rw10(True, 3, 1), 2), (rw10(False, 3, 1), 2)], verdict=1),
+        "nexus": _seed(mix, sel=0x40, handles=[1, 2, None, 1500, 1], slots={1: 3, 1500: 3}),
+        "nexus-submit": _seed(mix, sel=0x50, handles=[2, 1, 2, 0, 3], slots={1: 7, 2: 3}),
     }
     files = []
     for name, data in seeds.items():

@@ -28,6 +28,8 @@ FLAG_CAP_OOOC = 1 << 0
 FLAG_CAP_READ_LEN = 1 << 1
 FLAG_CAP_TMR = 1 << 2
 FLAG_CAP_KEEP_BUF = 1 << 3
+#: The tcmu-pr kernel patch: entries may carry a nexus handle (docs/daemon.md).
+FLAG_CAP_NEXUS = 1 << 4
 
 # struct tcmu_cmd_entry_hdr
 HDR_LEN_OP = 0  # u32: length (8-aligned) | op in the low 3 bits
@@ -46,11 +48,16 @@ UFLAG_UNKNOWN_OP = 0x1
 UFLAG_READ_LEN = 0x2
 UFLAG_KEEP_BUF = 0x4
 
+# hdr.kflags of the tcmu-pr kernel patch
+KFLAG_NEXUS = 0x1  # REQ_NEXUS_HANDLE is valid
+KFLAG_NEXUS_NEW_SESSION = 0x2  # first command of the handle from another session
+
 # struct tcmu_cmd_entry, request view
 REQ_IOV_CNT = 8  # u32
 REQ_IOV_BIDI_CNT = 12  # u32
 REQ_IOV_DIF_CNT = 16  # u32
 REQ_CDB_OFF = 24  # u64, offset of the CDB from the start of the mapping
+REQ_NEXUS_HANDLE = 32  # u64 (mainline __pad1), valid with KFLAG_NEXUS
 REQ_IOV = 48  # struct iovec[]: (u64 base offset from the start of the mapping, u64 len)
 IOVEC_SIZE = 16
 

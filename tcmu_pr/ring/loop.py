@@ -35,6 +35,10 @@ MAX_PUNTS = 64
 VERDICT_READ = 1
 VERDICT_WRITE = 2
 VERDICT_UA = 4
+#: In a nexus slot: published (the handle is resolved); RING_VERDICT_KNOWN in ring.h.
+VERDICT_KNOWN = 8
+#: Nexus handles with a verdict slot in the loop: 1..NEXUS_SLOTS-1 (RING_NEXUS_SLOTS).
+NEXUS_SLOTS = 1024
 
 #: Lease deadline meaning "no lease"; any other value is a time of :func:`coarse_ms`, past
 #: which the loop serves nothing itself and punts every command.
@@ -89,6 +93,21 @@ class RingLoop(Protocol):
 
     def drain(self, timeout: float) -> bool:
         """Wait until the batch that ran at the last publish is over; False on timeout."""
+        ...
+
+    def nexus_mode(self, on: bool) -> None:
+        """Nexus mode: data commands are checked against their handle's slot (published
+        with :meth:`publish_nexus`) instead of the device's verdict; commands without a
+        handle, or of a handle without a published slot, are punted."""
+        ...
+
+    def publish_nexus(self, handle: int, verdict: int, lease_ms: int = NO_LEASE) -> None:
+        """New verdict for one handle's slot (ignored outside 1..NEXUS_SLOTS-1) and the
+        lease; :meth:`drain` waits for a batch that may have read the old one."""
+        ...
+
+    def nexus(self, entry_off: int) -> int:
+        """A punted entry's nexus handle as read when it was scanned; 0: none."""
         ...
 
     def process(self) -> list[int]: ...

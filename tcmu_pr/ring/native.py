@@ -123,6 +123,20 @@ class NativeRing:
         read the old ones was running, for :meth:`drain`."""
         self._seen = int(self._lib.tcmu_ring_publish(self._ctx, verdict, lease_ms))
 
+    def nexus_mode(self, on: bool) -> None:
+        self._lib.tcmu_ring_nexus_mode(self._ctx, 1 if on else 0)
+
+    def publish_nexus(self, handle: int, verdict: int, lease_ms: int = 0) -> None:
+        if not 0 <= handle < 1 << 64:
+            return
+        self._seen = int(self._lib.tcmu_ring_publish_nexus(self._ctx, handle, verdict, lease_ms))
+
+    def nexus(self, entry_off: int) -> int:
+        n = self._lib.tcmu_ring_nexus(self._ctx, entry_off)
+        if n < 0:
+            raise RingError(n, "nexus")
+        return int(n)
+
     def _closed(self) -> RingError:
         return RingError(-errno.EBADF, "the ring is closed")
 

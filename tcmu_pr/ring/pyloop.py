@@ -24,7 +24,9 @@ from tcmu_pr.ring.loop import (
     ERR_NOT_CMD,
     ERR_PENDING,
     MAX_PUNTS,
+    NEXUS_SLOTS,
     NO_LEASE,
+    VERDICT_KNOWN,
     VERDICT_READ,
     VERDICT_UA,
     VERDICT_WRITE,
@@ -88,6 +90,10 @@ class PyRing:
         #: punted entries still owed an answer -> the length seen when they were scanned
         #: (a header rewritten after the scan must not change what we act on)
         self._pending: dict[int, int] = {}
+        #: ... and their nexus handles as read then (0: none)
+        self._pending_nexus: dict[int, int] = {}
+        self._nexus_mode = False
+        self._slots = [0] * NEXUS_SLOTS
         self._closed = False
         self._stats = dict.fromkeys(
             ("cmds", "fast", "punted", "conflicts", "bad", "tmrs", "pads", "kicks", "submitted"),
@@ -100,6 +106,32 @@ class PyRing:
         with self._busy_lock:
             self.lease_ms, self.verdict = lease_ms, verdict
             self._seen = self.busy
+
+    def nexus_mode(self, on: bool) -> None:
+        with self._busy_lock:
+            if not on:
+                self._slots = [0] * NEXUS_SLOTS
+            self._nexus_mode = on
+
+    def publish_nexus(self, handle: int, verdict: int, lease_ms: int = NO_LEASE) -> None:
+        with self._busy_lock:
+            self.lease_ms = lease_ms
+            if 0 < handle < NEXUS_SLOTS:
+                self._slots[handle] = verdict | VERDICT_KNOWN
+            self._seen = self.busy
+
+    def nexus(self, entry_off: int) -> int:
+        self._pending_entry(entry_off)
+        return self._pending_nexus[entry_off]
+
+    def _entry_verdict(self, handle: int) -> tuple[int, int]:
+        """(verdict, why unknown): 0 known, 1 no usable handle, 2 handle not resolved."""
+        if not self._nexus_mode:
+            return self.verdict, 0
+        if not 0 < handle < NEXUS_SLOTS:
+            return 0, 1
+        v = self._slots[handle]
+        return (v, 0) if v & VERDICT_KNOWN else (0, 2)
 
     def drain(self, timeout: float) -> bool:
         return wait_batch_over(lambda: self.busy, self._seen, timeout)
@@ -124,6 +156,7 @@ class PyRing:
         if head >= size or head % L.ALIGN:
             raise RingError(ERR_HEAD, "process")
         punts: dict[int, int] = {}
+        handles: dict[int, int] = {}
         err = 0
         while self._scan != head:
             scan = self._scan
@@ -140,9 +173,11 @@ class PyRing:
                 if len(punts) == MAX_PUNTS:
                     break
                 self._stats["cmds"] += 1
-                disposition = self._serve(off + scan, length, expired)
+                handle = self._handle(off + scan)
+                disposition = self._serve(off + scan, length, expired, handle)
                 if disposition:
                     punts[off + scan] = length
+                    handles[off + scan] = handle
                     self._stats["punted"] += 1
                     self._scan = (scan + length) % size
                     if disposition == 2:
@@ -154,6 +189,7 @@ class PyRing:
             self._scan = (scan + length) % size
         if punts:
             self._pending = punts
+            self._pending_nexus = handles
             return list(punts)
         self.commit()
         if err:
@@ -168,7 +204,14 @@ class PyRing:
             os.write(self._kick_fd, b"\0\0\0\0")
             self._stats["kicks"] += 1
 
-    def _serve(self, ent: int, length: int, expired: bool) -> int:
+    def _handle(self, ent: int) -> int:
+        """The entry's nexus handle, read once (0 without KFLAG_NEXUS)."""
+        if not self._mm[ent + L.HDR_KFLAGS] & L.KFLAG_NEXUS:
+            return 0
+        # as tcmu_ring_nexus reports it: 63 bits (the kernel's are u32)
+        return _U64.unpack_from(self._mm, ent + L.REQ_NEXUS_HANDLE)[0] & 0x7FFF_FFFF_FFFF_FFFF
+
+    def _serve(self, ent: int, length: int, expired: bool, handle: int) -> int:
         """0: completed here; 1: punt; 2: punt and end the batch (verdict may change)."""
         try:
             cnt = self._iov_cnt(ent, length)
@@ -176,10 +219,12 @@ class PyRing:
         except _BadEntry as bad:
             self._fail(ent, bad.sense)
             return 0
-        verdict = self.verdict
+        verdict, unknown = self._entry_verdict(handle)
         if cdb is None or cdb[0] not in RW_OPCODES:
             if cdb is not None and cdb[0] in PR_CHANGERS:
                 return 2
+            if unknown:
+                return unknown
             return 2 if verdict & VERDICT_UA else 1
         try:
             rw = decode_rw(cdb, self._block_size, self._num_blocks)
@@ -191,6 +236,8 @@ class PyRing:
             range_error = e.sense
         if expired:  # the PR state is not vouched for: the handler re-validates first
             return 1
+        if unknown:  # whose command this is, the handler finds out
+            return unknown
         if verdict & VERDICT_UA:
             return 2
         write = cdb[0] & 0x0F == 0x0A
@@ -318,6 +365,7 @@ class PyRing:
             except RingError:  # answered, but not with what the caller meant
                 self._fail(entry_off, INTERNAL_TARGET_FAILURE)
                 del self._pending[entry_off]
+                self._pending_nexus.pop(entry_off, None)
                 return 0
             room = sum(n for _, n in iovs)
             for base, n in iovs:
@@ -329,6 +377,7 @@ class PyRing:
                 _U32.pack_into(self._mm, entry_off + L.RSP_READ_LEN, copied)
         self._write_rsp(entry_off, status, sense)
         del self._pending[entry_off]
+        self._pending_nexus.pop(entry_off, None)
         return copied
 
     def stats(self) -> dict[str, int]:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from tcmu_pr.ring import layout as L
 
 DEFAULT_FLAGS = L.FLAG_CAP_OOOC | L.FLAG_CAP_READ_LEN | L.FLAG_CAP_TMR
+#: What the tcmu-pr kernel patch announces in addition (entries may carry nexus handles).
+NEXUS_FLAGS = DEFAULT_FLAGS | L.FLAG_CAP_NEXUS
 
 
 class RingFull(Exception):
@@ -46,14 +48,27 @@ class _Inflight:
 
 
 def encode_cmd_entry(
-    cmd_id: int, cdb_off: int, iovs: list[tuple[int, int]], length: int
+    cmd_id: int,
+    cdb_off: int,
+    iovs: list[tuple[int, int]],
+    length: int,
+    *,
+    nexus: int | None = None,
+    new_session: bool = False,
 ) -> bytearray:
-    """The bytes of a CMD entry of ``length`` ring bytes (CDB excluded: it goes at cdb_off)."""
+    """The bytes of a CMD entry of ``length`` ring bytes (CDB excluded: it goes at cdb_off).
+
+    ``nexus``: a handle, as the tcmu-pr kernel patch writes it (KFLAG_NEXUS and the u64 at
+    REQ_NEXUS_HANDLE); ``new_session`` adds KFLAG_NEXUS_NEW_SESSION.
+    """
     ent = bytearray(L.REQ_IOV + len(iovs) * L.IOVEC_SIZE)
     L.U32.pack_into(ent, L.HDR_LEN_OP, length | L.OP_CMD)
     L.U16.pack_into(ent, L.HDR_CMD_ID, cmd_id)
     L.U32.pack_into(ent, L.REQ_IOV_CNT, len(iovs))
     L.U64.pack_into(ent, L.REQ_CDB_OFF, cdb_off)
+    if nexus is not None:
+        ent[L.HDR_KFLAGS] = L.KFLAG_NEXUS | (L.KFLAG_NEXUS_NEW_SESSION if new_session else 0)
+        L.U64.pack_into(ent, L.REQ_NEXUS_HANDLE, nexus)
     for i, (base, n) in enumerate(iovs):
         L.IOVEC.pack_into(ent, L.REQ_IOV + i * L.IOVEC_SIZE, base, n)
     return ent
@@ -136,12 +151,16 @@ class RingSimulator:
         data_in: int = 0,
         split: list[int] | None = None,
         publish: bool = True,
+        nexus: int | None = None,
+        new_session: bool = False,
     ) -> int:
         """Queue one SCSI command; returns its cmd_id.
 
         ``data_out`` is copied into the data area (a WRITE's payload); ``data_in`` reserves
         that many bytes for the answer.  ``split`` cuts the buffer into iovecs of these
-        lengths (the kernel makes one iovec per run of contiguous data blocks).
+        lengths (the kernel makes one iovec per run of contiguous data blocks).  ``nexus``
+        puts a nexus handle in the entry (the patched kernel, once nexus_handles=1);
+        ``new_session`` flags the handle's first command from a new session.
         """
         length = max(len(data_out), data_in)
         iovs: list[tuple[int, int]] = []
@@ -161,7 +180,8 @@ class RingSimulator:
         cmd_id = self._next_id
         self._next_id = self._next_id % 0xFFFF + 1
         self.mm[ent : ent + size] = bytes(size)
-        raw = encode_cmd_entry(cmd_id, cdb_off, iovs, size)
+        raw = encode_cmd_entry(cmd_id, cdb_off, iovs, size, nexus=nexus,
+                               new_session=new_session)  # fmt: skip
         self.mm[ent : ent + len(raw)] = raw
         self.mm[cdb_off : cdb_off + len(cdb)] = cdb
         self.inflight[cmd_id] = _Inflight(at, iovs)
