@@ -269,3 +269,67 @@ def running_service(manager=None, **service_kw) -> Iterator[tuple[KernelPeer, Ne
         transport.close()
         theirs.close()
         assert not thread.is_alive()
+
+
+def nexus_attrs(handle: int, initiator: str, target: str, *, isid: int | None = 0x23D000001,
+                tpgt: int = 1, rtpi: int = 1, proto: int = 5, sessions: int = 1) -> dict:
+    """The attributes of a GET_NEXUS reply, as the patched kernel fills them."""
+    attrs: dict[Attr, int | str] = {
+        Attr.NEXUS_HANDLE: handle, Attr.NEXUS_PROTO: proto, Attr.NEXUS_INITIATOR: initiator,
+        Attr.NEXUS_TARGET: target, Attr.NEXUS_TPGT: tpgt, Attr.NEXUS_RTPI: rtpi,
+        Attr.NEXUS_SESSIONS: sessions,
+    }  # fmt: skip
+    if isid is not None:
+        attrs[Attr.NEXUS_ISID] = isid
+    return attrs
+
+
+def netlink_error(code: int, seq: int, *, pid: int = DAEMON_PORT) -> bytes:
+    """An NLMSG_ERROR carrying -code, as genl answers a failed doit."""
+    return struct.pack("=IHHIIi", 20, 2, 0, seq, pid, -code)
+
+
+class NexusKernel:
+    """The patched kernel's GET_NEXUS, on a socket pair: ``table`` maps (device id, handle)
+    to reply attributes, an errno (answered as a netlink error) or raw reply bytes (for
+    malformed replies); everything else is ENOENT. Requests are recorded."""
+
+    def __init__(self) -> None:
+        from tcmu_pr.netlink.socket import PacketTransport
+
+        ours, self._sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.transport = PacketTransport(ours, family_id=FAMILY_ID, port_id=DAEMON_PORT)
+        self.table: dict[tuple[int, int], dict | int | bytes] = {}
+        self.requests: list[tuple[int, int]] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                data = self._sock.recv(1 << 16)
+            except OSError:
+                return
+            if not data:
+                return
+            msg = parse(data)
+            assert msg["cmd"] == Cmd.GET_NEXUS and msg["header"]["flags"] & NLM_F_REQUEST
+            seq = msg["header"]["sequence_number"]
+            key = (msg.get_attr("TCMU_ATTR_DEVICE_ID"), msg.get_attr("TCMU_ATTR_NEXUS_HANDLE"))
+            self.requests.append(key)
+            answer = self.table.get(key, errno.ENOENT)
+            if isinstance(answer, int):
+                out = netlink_error(answer, seq)
+            elif isinstance(answer, bytes):
+                out = answer
+            else:
+                out = build(Cmd.GET_NEXUS, answer, seq=seq, pid=DAEMON_PORT)
+            try:
+                self._sock.send(out)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._sock.close()
+        self.transport.close()
+        self._thread.join(5)

@@ -57,6 +57,11 @@ def test_mainline_numbers_unchanged_and_pr_appended():
         11,
     )
     assert Attr.PR_INFO == 10
+    # the nexus-handle patch (coordinator's ABI): appended after the PR numbers
+    assert Cmd.GET_NEXUS == 12
+    assert [a.value for a in (Attr.NEXUS_HANDLE, Attr.NEXUS_PROTO, Attr.NEXUS_INITIATOR,
+                              Attr.NEXUS_ISID, Attr.NEXUS_TARGET, Attr.NEXUS_TPGT,
+                              Attr.NEXUS_RTPI, Attr.NEXUS_SESSIONS)] == list(range(11, 19))
     assert [spec.attr for spec in ATTRIBUTES] == list(Attr)  # one row per attribute, in order
     assert REPLY_OF[Cmd.SET_PR_INFO] == Cmd.SET_PR_INFO_DONE
 

@@ -42,7 +42,8 @@ NLM_F_REQUEST = 0x1
 
 
 class Cmd(IntEnum):
-    """enum tcmu_genl_cmd; 8..11 are this project's PR extension (appended, ABI-safe)."""
+    """enum tcmu_genl_cmd; 8..11 are this project's PR extension, 12 its nexus-handle patch
+    (appended, ABI-safe)."""
 
     UNSPEC = 0
     ADDED_DEVICE = 1
@@ -56,10 +57,12 @@ class Cmd(IntEnum):
     GET_PR_INFO_DONE = 9
     SET_PR_INFO = 10
     SET_PR_INFO_DONE = 11
+    GET_NEXUS = 12  # tcmu-pr kernel patch: userspace asks what a ring entry's handle names
 
 
 class Attr(IntEnum):
-    """enum tcmu_genl_attr; 10 (PR_INFO) is this project's PR extension."""
+    """enum tcmu_genl_attr; 10 (PR_INFO) is this project's PR extension, 11..18 the
+    GET_NEXUS reply of its nexus-handle patch."""
 
     UNSPEC = 0
     DEVICE = 1
@@ -72,6 +75,14 @@ class Attr(IntEnum):
     DEVICE_ID = 8
     SUPP_KERN_CMD_REPLY = 9
     PR_INFO = 10
+    NEXUS_HANDLE = 11
+    NEXUS_PROTO = 12
+    NEXUS_INITIATOR = 13
+    NEXUS_ISID = 14
+    NEXUS_TARGET = 15
+    NEXUS_TPGT = 16
+    NEXUS_RTPI = 17
+    NEXUS_SESSIONS = 18
 
 
 class AttrSpec(NamedTuple):
@@ -95,6 +106,14 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
     AttrSpec(Attr.DEVICE_ID, "uint32", "=I"),
     AttrSpec(Attr.SUPP_KERN_CMD_REPLY, "uint8", "=B"),
     AttrSpec(Attr.PR_INFO, "asciiz", None),
+    AttrSpec(Attr.NEXUS_HANDLE, "uint32", "=I"),
+    AttrSpec(Attr.NEXUS_PROTO, "uint8", "=B"),
+    AttrSpec(Attr.NEXUS_INITIATOR, "asciiz", None),
+    AttrSpec(Attr.NEXUS_ISID, "uint64", "=Q"),
+    AttrSpec(Attr.NEXUS_TARGET, "asciiz", None),
+    AttrSpec(Attr.NEXUS_TPGT, "uint16", "=H"),
+    AttrSpec(Attr.NEXUS_RTPI, "uint16", "=H"),
+    AttrSpec(Attr.NEXUS_SESSIONS, "uint32", "=I"),
 )
 _SPEC = {spec.attr: spec for spec in ATTRIBUTES}
 

@@ -98,13 +98,17 @@ class KernelTransport:
     """
 
     def __init__(
-        self, family: str = FAMILY_NAME, group: str = MCAST_GROUP, *, timeout: float = 5.0
+        self, family: str = FAMILY_NAME, group: str | None = MCAST_GROUP, *,
+        timeout: float = 5.0,
     ) -> None:
+        """``group=None``: a socket for requests only (GET_NEXUS), deaf to the multicasts."""
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
         try:
             self.sock.bind((0, 0))
             self.port_id: int = self.sock.getsockname()[0]
             self.family_id, groups = _resolve_family(self.sock, family, timeout)
+            if group is None:
+                return
             if group not in groups:
                 raise FamilyNotFound(f"{family} family has no multicast group {group!r}")
             self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, groups[group])
