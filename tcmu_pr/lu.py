@@ -33,7 +33,7 @@ import errno
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -56,7 +56,8 @@ NOT_CONFIRMED = scsi.LOGICAL_UNIT_COMMUNICATION_FAILURE
 class Member(Protocol):
     """What the LU needs of a local device: its nexus, its verdict word, its drain."""
 
-    device_id: int
+    #: A device's id, or (device id, handle) for one nexus of a device in nexus mode.
+    device_id: Hashable
     nexus: Nexus | None
 
     def publish_verdict(self, word: int, lease_deadline_ms: int) -> None:
@@ -129,11 +130,11 @@ class LogicalUnit:
         self.spec = store.spec
         self.slot = store.slot()
         self.cache = BlobCache()
-        self.members: dict[int, Member] = {}
+        self.members: dict[Hashable, Member] = {}
         self.inflight = InFlight()
         self._lock = threading.RLock()
         self._state: PRState | None = None
-        self._words: dict[int, int] = {}
+        self._words: dict[Hashable, int] = {}
         self._lost: str | None = None
         self._deadline = NO_LEASE
         self._on_loss = on_loss
@@ -213,7 +214,7 @@ class LogicalUnit:
             self._words.pop(member.device_id, None)
             self._publish()
 
-    def remove(self, device_id: int) -> bool:
+    def remove(self, device_id: Hashable) -> bool:
         """Forget a member; True when the LU has none left (the caller closes it)."""
         with self._lock:
             self.members.pop(device_id, None)

@@ -21,7 +21,7 @@ from tcmu_pr.daemon.main import Daemon
 from tcmu_pr.daemon.rings import EVENTFD_EVENT_SIZE, RingEndpoint
 from tcmu_pr.netlink.devconfig import DeviceInfo
 from tcmu_pr.netlink.socket import PacketTransport
-from tcmu_pr.ring.simulator import Completion, RingSimulator
+from tcmu_pr.ring.simulator import DEFAULT_FLAGS, Completion, RingSimulator
 
 TPORT = "iqn.2003-01.org.linux-iscsi.gw"
 NEXUS_A = f"iqn.1994-05.com.redhat:client-a,i,0x23d000001,{TPORT}:a,t,0x1"
@@ -35,9 +35,12 @@ class SimRingSource:
     sims: dict[str, RingSimulator] = field(default_factory=dict)
     opened: list[str] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)
+    flags: int = DEFAULT_FLAGS  # NEXUS_FLAGS: the patched kernel's mailbox
 
     def open(self, info: DeviceInfo) -> RingEndpoint:
-        sim = self.sims.setdefault(info.name, RingSimulator(data_size=1 << 20))
+        if info.name not in self.sims:
+            self.sims[info.name] = RingSimulator(data_size=1 << 20, flags=self.flags)
+        sim = self.sims[info.name]
         self.opened.append(info.name)
         return RingEndpoint(
             sim.mm, sim.notify_fd, sim.kick_fd, EVENTFD_EVENT_SIZE,
@@ -50,10 +53,12 @@ class SimRingSource:
 
 
 def run_cmd(
-    sim: RingSimulator, cdb: bytes, *, data_out: bytes = b"", data_in: int = 0, timeout: float = 5
+    sim: RingSimulator, cdb: bytes, *, data_out: bytes = b"", data_in: int = 0, timeout: float = 5,
+    nexus: int | None = None,
 ) -> Completion:
-    """Queue one command as the kernel would and wait for the daemon's answer."""
-    cmd_id = sim.queue(cdb, data_out=data_out, data_in=data_in)
+    """Queue one command as the kernel would (``nexus``: with that handle, as the patched
+    kernel does) and wait for the daemon's answer."""
+    cmd_id = sim.queue(cdb, data_out=data_out, data_in=data_in, nexus=nexus)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for done in sim.reap():
@@ -78,13 +83,16 @@ def write_topology(path: Path, devices: dict[str, dict]) -> None:
 class DaemonRig:
     """Daemon + kernel peer + simulated rings; ``with DaemonRig(cfg) as rig: ...``."""
 
-    def __init__(self, cfg: DaemonConfig) -> None:
+    def __init__(self, cfg: DaemonConfig, **daemon_kw: object) -> None:
+        """``daemon_kw``: more seams of Daemon (``attribs``, ``resolve``), and ``flags``
+        for the simulated mailboxes."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.rings = SimRingSource()
+        self.rings = SimRingSource(flags=int(daemon_kw.pop("flags", DEFAULT_FLAGS)))  # type: ignore[call-overload]
         self.daemon = Daemon(
             cfg,
             transport=PacketTransport(ours, family_id=FAMILY_ID, port_id=DAEMON_PORT),
             ring_source=self.rings,
+            **daemon_kw,  # type: ignore[arg-type]
         )
         self.peer = KernelPeer(theirs)
         self._theirs = theirs

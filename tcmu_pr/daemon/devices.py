@@ -45,6 +45,7 @@ from tcmu_pr.apply import ApplyError
 from tcmu_pr.backends.base import DataBackend, Store, StoreError, StoreOptions
 from tcmu_pr.backends.file_data import FileDataBackend
 from tcmu_pr.daemon import topology
+from tcmu_pr.daemon.attrib import BackstoreAttribs, PRMode, choose
 from tcmu_pr.daemon.config import DaemonConfig
 from tcmu_pr.daemon.rings import RingEndpoint, RingSource, UioRingSource, make_ring
 from tcmu_pr.emulation import DeviceConfigError, Emulator
@@ -52,9 +53,10 @@ from tcmu_pr.emulation import DeviceInfo as EmuDevice
 from tcmu_pr.emulation.provisioning import unmap_granularity
 from tcmu_pr.lu import LogicalUnit, PRInfoRefused
 from tcmu_pr.netlink.devconfig import DevConfig, DeviceInfo
+from tcmu_pr.netlink.nexus import NexusInfo, NexusLookupError
 from tcmu_pr.netlink.service import DeviceError, Reconfig
 from tcmu_pr.nexus import Nexus
-from tcmu_pr.ring.handler import PRHooks, Reply, RingHandler
+from tcmu_pr.ring.handler import Emulate, NexusRoute, PRHooks, Reply, RingHandler
 from tcmu_pr.ring.loop import RingError, RingLoop
 from tcmu_pr.store_spec import StoreSpec
 
@@ -65,6 +67,10 @@ _NO_NEXUS = scsi.LOGICAL_UNIT_COMMUNICATION_FAILURE
 RECONNECT_DELAY = 1.0
 
 StoreOpener = Callable[[StoreSpec, StoreOptions], Store]
+#: GET_NEXUS: (device id, handle) -> what the handle names (NexusLookupError otherwise).
+NexusResolver = Callable[[int, int], NexusInfo]
+#: Seconds before a handle whose lookup failed is asked about again.
+NEXUS_RETRY = 10.0
 
 
 def _default_open_store(spec: StoreSpec, options: StoreOptions) -> Store:
@@ -81,6 +87,7 @@ class Params:
     placement: topology.Placement
     size: int  # bytes exported (a whole number of blocks)
     write_cache: bool
+    pr_mode: PRMode = PRMode.TOPOLOGY
 
 
 class _LURing:
@@ -106,6 +113,44 @@ class _LURing:
         return getattr(self.ring, name)
 
 
+class NexusSlot:
+    """One I_T nexus of a device in nexus mode: a LU member of its own, whose verdict goes
+    to the handle's slot in the ring (tcmu_ring_publish_nexus) under the LU's lock."""
+
+    def __init__(self, device: Device, info: NexusInfo, emulate: Emulate) -> None:
+        self.device = device
+        self.info = info
+        self.handle = info.handle
+        self.device_id = (device.device_id, info.handle)
+        self.nexus: Nexus | None = info.nexus
+        self._verdict = 0
+        lu = device.lu
+        self.route = NexusRoute(
+            pr=PRHooks(
+                execute=self._execute,
+                allowed=lambda cdb: lu.allowed(self.nexus, cdb),
+                take_unit_attention=lambda: device.take_unit_attention(self.nexus),
+                verdict=lambda: self._verdict,
+                current=lambda: lu.current(),
+                admit=lambda: lu.inflight.admit(),
+            ),
+            emulate=emulate,
+            republish=lambda: device.lu.republish(self),
+        )
+
+    def _execute(self, cdb: bytes, data: bytes) -> Reply:
+        assert self.nexus is not None
+        outcome = self.device.lu.execute(self.nexus, cdb, data, rtpi=self.info.rtpi)
+        return outcome.status, outcome.sense, outcome.data
+
+    def publish_verdict(self, word: int, lease_deadline_ms: int) -> None:
+        self._verdict = word
+        self.device.publish_nexus(self.handle, word, lease_deadline_ms)
+
+    def drain(self, timeout: float) -> bool:
+        return self.device.drain(timeout)
+
+
 class Device:
     """One served TCMU device; its ring thread runs between start() and stop()."""
 
@@ -117,8 +162,17 @@ class Device:
         endpoint: RingEndpoint,
         data: DataBackend,
         cfg: DaemonConfig,
+        resolve: NexusResolver | None = None,
     ) -> None:
+        """``resolve``: GET_NEXUS, needed in nexus mode only."""
         self.info = info
+        self.resolve = resolve
+        #: nexus mode: handle -> its slot (a handle's meaning never changes while the
+        #: device exists), and handles whose lookup failed -> when to ask again
+        self.slots: dict[int, NexusSlot] = {}
+        self._unresolved: dict[int, float] = {}
+        self._emu: EmuDevice | None = None
+        self._anon_route: NexusRoute | None = None
         self.device_id = info.device_id
         self.params = params
         self.lu = lu
@@ -144,6 +198,10 @@ class Device:
     @property
     def rtpi(self) -> int | None:
         return self.params.placement.rtpi
+
+    @property
+    def nexus_mode(self) -> bool:
+        return self.params.pr_mode is PRMode.NEXUS
 
     @property
     def name(self) -> str:
@@ -187,6 +245,9 @@ class Device:
             raise
         self._ring_fd = fd
         self._ring = ring
+        self._emu = emu
+        if self.nexus_mode:
+            ring.nexus_mode(True)
         ring.publish(self._verdict, self._lease)
         hooks = PRHooks(
             execute=self._pr_execute,
@@ -196,12 +257,18 @@ class Device:
             current=lambda: self.lu.current(),
             admit=lambda: self.lu.inflight.admit(),
         )
+        emulate = Emulator(emu, self.data).emulate
+        self._anon_route = NexusRoute(hooks, emulate, lambda: self.lu.republish(self))
+        # rebuilt (reconfig, reconnect): known nexuses keep their handles, new emulators
+        for slot in self.slots.values():
+            slot.route = replace(slot.route, emulate=self._emulator_for(slot.info.rtpi))
         self._handler = RingHandler(
             _LURing(ring, lambda: self.lu.republish(self)),  # type: ignore[arg-type]
             self.endpoint.wait_fd,
-            emulate=Emulator(emu, self.data).emulate,
+            emulate=emulate,
             pr=hooks,
             event_size=self.endpoint.event_size,
+            route=self._route if self.nexus_mode else None,
         )
 
     def start(self) -> None:
@@ -251,21 +318,72 @@ class Device:
         if self._ring is not None:
             self._ring.publish(word, lease_deadline_ms)
 
+    def publish_nexus(self, handle: int, word: int, lease_deadline_ms: int) -> None:
+        """A slot's verdict (called by the LU, under its lock, through the slot)."""
+        self._lease = lease_deadline_ms
+        if self._ring is not None:
+            self._ring.publish_nexus(handle, word, lease_deadline_ms)
+
     def drain(self, timeout: float) -> bool:
         ring = self._ring
         return True if ring is None else ring.drain(timeout)
+
+    # -- nexus mode: the handle in each entry names the nexus --------------------------------
+
+    def _emulator_for(self, rtpi: int) -> Emulate:
+        """The emulator as seen through one target port (VPD 0x83's relative port)."""
+        assert self._emu is not None
+        return Emulator(replace(self._emu, rtpi=rtpi), self.data).emulate
+
+    def _route(self, handle: int) -> NexusRoute:
+        """On the ring thread: the hooks of the entry's nexus; a handle seen for the first
+        time is resolved (GET_NEXUS) and its slot joins the LU, which publishes its verdict,
+        so the handle's later commands take the fast path."""
+        slot = self.slots.get(handle)
+        if slot is not None:
+            return slot.route
+        assert self._anon_route is not None
+        if handle == 0 or time.monotonic() < self._unresolved.get(handle, 0.0):
+            return self._anon_route
+        try:
+            if self.resolve is None:
+                raise NexusLookupError(errno.ENOTCONN, "no GET_NEXUS channel to the kernel")
+            info = self.resolve(self.device_id, handle)
+        except NexusLookupError as err:
+            self._unresolved[handle] = time.monotonic() + NEXUS_RETRY
+            log.error("device %s: nexus handle %d not resolved (%s): its PR commands are "
+                      "refused, its data commands run as an unregistered initiator's",
+                      self.name, handle, err)  # fmt: skip
+            return self._anon_route
+        slot = NexusSlot(self, info, self._emulator_for(info.rtpi))
+        self.slots[handle] = slot
+        self._unresolved.pop(handle, None)
+        self.lu.add(slot)
+        log.info("device %s: handle %d is nexus %s (rtpi %d, protocol %d)", self.name, handle,
+                 info.nexus, info.rtpi, info.proto)  # fmt: skip
+        return slot.route
+
+    def republish(self) -> None:
+        """The device's verdict and every known nexus slot's, after the ring was rebuilt."""
+        self.lu.republish(self)
+        for slot in self.slots.values():
+            self.lu.republish(slot)
+
+    def leave_lu(self) -> None:
+        """Remove the device and its nexus slots from the LU."""
+        for slot in self.slots.values():
+            self.lu.remove(slot.device_id)
+        self.lu.remove(self.device_id)
 
     # -- PR hooks (called on this device's ring thread) ----------------------------------
 
     def _refuse_no_nexus(self, cdb: bytes) -> Reply:
         if not self._warned_no_nexus:
             self._warned_no_nexus = True
-            log.warning(
-                "device %s: refusing PR command 0x%02x (and any later one): no I_T nexus "
-                "is configured for it (dev_config nexus= or the topology file)",
-                self.name,
-                cdb[0],
-            )
+            why = ("its ring entry named no resolvable nexus handle" if self.nexus_mode else
+                   "no I_T nexus is configured for it (dev_config nexus= or the topology file)")
+            log.warning("device %s: refusing PR command 0x%02x (and any later one like it): %s",
+                        self.name, cdb[0], why)  # fmt: skip
         return scsi.CHECK_CONDITION, _NO_NEXUS.to_bytes(), None
 
     def _pr_execute(self, cdb: bytes, data: bytes) -> Reply:
@@ -276,7 +394,9 @@ class Device:
         return outcome.status, outcome.sense, outcome.data
 
     def _take_unit_attention(self) -> bytes | None:
-        nexus = self.nexus
+        return self.take_unit_attention(self.nexus)
+
+    def take_unit_attention(self, nexus: Nexus | None) -> bytes | None:
         if nexus is None:
             return None
         try:
@@ -306,10 +426,19 @@ class DeviceManager:
         *,
         ring_source: RingSource | None = None,
         open_store: StoreOpener = _default_open_store,
+        attribs: BackstoreAttribs | None = None,
+        resolve: NexusResolver | None = None,
     ) -> None:
+        """``attribs``: the backstores' configfs attributes (default: the kernel's, when
+        the rings are the kernel's; none with a test ring source: PR mode from the topology
+        only). ``resolve``: GET_NEXUS (default: a netlink socket, opened when first needed)."""
         self.cfg = cfg
         self.ring_source = ring_source or UioRingSource()
         self.open_store = open_store
+        self.attribs = attribs if attribs is not None or ring_source else BackstoreAttribs()
+        self._resolve = resolve
+        self._nexus_client: Any = None
+        self._nexus_lock = threading.Lock()
         self.devices: dict[int, Device] = {}
         self.lus: dict[StoreSpec, LogicalUnit] = {}
         self.stores: dict[StoreSpec, _Held] = {}
@@ -365,6 +494,27 @@ class DeviceManager:
         with self._lock:
             self._open_device(info)
 
+    def _pr_mode(self, info: DeviceInfo, placement: topology.Placement) -> PRMode:
+        has_nexus = placement.nexus is not None
+        if self.attribs is None:
+            return PRMode.TOPOLOGY if has_nexus else PRMode.NONE
+        return choose(self.attribs, info.hba, info.name, has_nexus=has_nexus)
+
+    def _resolver(self, device_id: int, handle: int) -> NexusInfo:
+        """GET_NEXUS through the injected resolver or our own request socket."""
+        if self._resolve is not None:
+            return self._resolve(device_id, handle)
+        with self._nexus_lock:
+            if self._nexus_client is None:
+                from tcmu_pr.netlink.nexus import NexusClient
+
+                try:
+                    self._nexus_client = NexusClient.connect()
+                except (OSError, RuntimeError) as err:
+                    raise NexusLookupError(errno.ENOTCONN, f"no GET_NEXUS socket: {err}") from err
+            client = self._nexus_client
+        return client.resolve(device_id, handle)  # type: ignore[no-any-return]
+
     def _open_device(self, info: DeviceInfo) -> None:
         config = info.config
         placement = self._place(info, config)
@@ -373,11 +523,12 @@ class DeviceManager:
             data = self._acquire(config.store).data()
             cleanup.append(lambda: self._release(config.store))
             size = data.size - data.size % self.cfg.block_size
-            params = Params(config, placement, size, write_cache=True)
+            mode = self._pr_mode(info, placement)
+            params = Params(config, placement, size, write_cache=True, pr_mode=mode)
             lu = self._lu_for(config.pr_store)
             endpoint = self.ring_source.open(info)
             cleanup.append(endpoint.close)
-            device = Device(info, params, lu, endpoint, data, self.cfg)
+            device = Device(info, params, lu, endpoint, data, self.cfg, resolve=self._resolver)
             cleanup.append(lambda: self._drop_lu_if_unused(lu))
             try:
                 device.build()
@@ -385,7 +536,7 @@ class DeviceManager:
                 raise DeviceError(errno.EINVAL, str(err)) from err
             cleanup.append(device.teardown)
             lu.add(device)
-            cleanup.append(lambda: lu.remove(device.device_id))
+            cleanup.append(device.leave_lu)
             device.start()
         except BaseException:
             for undo in reversed(cleanup):
@@ -393,7 +544,7 @@ class DeviceManager:
                     undo()
             raise
         self.devices[info.device_id] = device
-        if placement.nexus is None:
+        if mode is PRMode.NONE:
             log.warning(
                 "device %s serves no known I_T nexus: PR commands will be refused", device.name
             )
@@ -405,8 +556,8 @@ class DeviceManager:
             "device %s: LU %s, nexus %s (from %s), rtpi %s, %d bytes, PR store %s",
             device.name,
             placement.lu,
-            placement.nexus,
-            placement.source,
+            "per ring entry" if mode is PRMode.NEXUS else placement.nexus,
+            "the kernel's nexus handles" if mode is PRMode.NEXUS else placement.source,
             placement.rtpi,
             size,
             config.pr_store,
@@ -418,7 +569,7 @@ class DeviceManager:
             if device is None:
                 return
             device.stop()
-            device.lu.remove(device_id)
+            device.leave_lu()
             device.teardown()
             device.endpoint.close()
             self._drop_lu_if_unused(device.lu)
@@ -468,7 +619,7 @@ class DeviceManager:
             device.build()
             raise
         finally:
-            device.lu.republish(device)
+            device.republish()
             device.start()
         log.info("device %s reconfigured: %s", device.name, changes)
 
@@ -541,7 +692,7 @@ class DeviceManager:
                 device.failed = err
                 log.error("device %s: not rebuilt after reconnecting: %s", device.name, err)
                 continue
-            device.lu.republish(device)
+            device.republish()
             device.start()
         log.info("LU %s: reconnected (%d device(s) rebuilt)", spec, len(affected))
 
@@ -562,3 +713,6 @@ class DeviceManager:
         self._closing = True
         for device_id in list(self.devices):
             self.close_device(device_id)
+        if self._nexus_client is not None:
+            self._nexus_client.close()
+            self._nexus_client = None

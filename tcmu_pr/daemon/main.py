@@ -35,8 +35,9 @@ from tcmu_pr.cli import UsageError, command
 from tcmu_pr.daemon import config as config_mod
 from tcmu_pr.daemon import notify
 from tcmu_pr.daemon.adopt import Existing
+from tcmu_pr.daemon.attrib import BackstoreAttribs
 from tcmu_pr.daemon.config import DaemonConfig
-from tcmu_pr.daemon.devices import DeviceManager, StoreOpener
+from tcmu_pr.daemon.devices import DeviceManager, NexusResolver, StoreOpener
 from tcmu_pr.daemon.rings import RingSource
 from tcmu_pr.daemon.selection import DeviceSelection, SelectiveService
 
@@ -78,13 +79,17 @@ class Daemon:
         open_store: StoreOpener | None = None,
         scan_existing: Scanner | None = None,
         ready_file: Path | None = None,
+        attribs: BackstoreAttribs | None = None,
+        resolve: NexusResolver | None = None,
     ) -> None:
         """``scan_existing``: devices to adopt at start; default: the kernel's (sysfs and
-        configfs) with the kernel transport, none with a test transport."""
+        configfs) with the kernel transport, none with a test transport.  ``attribs`` and
+        ``resolve``: the backstores' configfs attributes and GET_NEXUS (DeviceManager)."""
         self.cfg = cfg
         self.selection = DeviceSelection(cfg.devices)
         kwargs = {"open_store": open_store} if open_store else {}
-        self.manager = DeviceManager(cfg, ring_source=ring_source, **kwargs)
+        self.manager = DeviceManager(cfg, ring_source=ring_source, attribs=attribs,
+                                     resolve=resolve, **kwargs)  # fmt: skip
         self._transport = transport
         self.stop_event = threading.Event()
         self.service = None

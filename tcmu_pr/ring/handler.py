@@ -80,6 +80,17 @@ class PRHooks:
     admit: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
 
 
+@dataclass(frozen=True, slots=True)
+class NexusRoute:
+    """How one nexus's punted commands are answered on a device that serves many (nexus
+    mode: the handle comes from each ring entry)."""
+
+    pr: PRHooks
+    emulate: Emulate
+    #: Publish this nexus's verdict again (after a PR command or a UA delivery).
+    republish: Callable[[], None]
+
+
 class RingHandler:
     """Serves one device ring; ``wait_fd`` is the uio fd (the simulator's notify fd)."""
 
@@ -91,13 +102,17 @@ class RingHandler:
         emulate: Emulate = default_emulate,
         pr: PRHooks | None = None,
         event_size: int = 4,
+        route: Callable[[int], NexusRoute] | None = None,
     ) -> None:
+        """``route``: nexus mode; each punted entry's handle (0: none) picks its nexus's
+        hooks and emulator (it must not raise: an unknown nexus gets hooks that refuse PR)."""
         self.ring = ring
         self.wait_fd = wait_fd
         #: uio's read() takes exactly 4 bytes (an s32 event count); an eventfd wants 8.
         self.event_size = event_size
         self.emulate = emulate
         self.pr = pr or PRHooks()
+        self.route = route
         self.refresh_verdict()
 
     def refresh_verdict(self) -> None:
@@ -159,7 +174,11 @@ class RingHandler:
                                None)  # fmt: skip
             return
         try:
-            status, sense, data = self._dispatch(cdb, data_out)
+            if self.route is None:
+                status, sense, data = self._dispatch(cdb, data_out)
+            else:
+                status, sense, data = self._dispatch_nexus(self.route(self.ring.nexus(entry)),
+                                                           cdb, data_out)  # fmt: skip
         except Exception:  # a bug in a hook must not leave the entry (and the ring) stuck
             log.exception("answering CDB %s failed", cdb.hex())
             status, sense, data = scsi.CHECK_CONDITION, INTERNAL_TARGET_FAILURE.to_bytes(), None
@@ -182,3 +201,22 @@ class RingHandler:
             if not self.pr.allowed(cdb):
                 return scsi.RESERVATION_CONFLICT, None, None
             return self.emulate(cdb, data_out)
+
+    def _dispatch_nexus(self, route: NexusRoute, cdb: bytes, data_out: bytes) -> Reply:
+        """As :meth:`_dispatch`, for the entry's own nexus: its UA bit, its PR identity."""
+        pr, op = route.pr, cdb[0]
+        if op not in _UA_EXEMPT and not pr.current():
+            return scsi.CHECK_CONDITION, scsi.LOGICAL_UNIT_BECOMING_READY.to_bytes(), None
+        if pr.verdict() & VERDICT_UA and op not in _UA_EXEMPT:
+            sense = pr.take_unit_attention()
+            route.republish()
+            if sense is not None:
+                return scsi.CHECK_CONDITION, sense, None
+        if op in PR_OPCODES:
+            reply = pr.execute(cdb, data_out)
+            route.republish()
+            return reply
+        with pr.admit():
+            if not pr.allowed(cdb):
+                return scsi.RESERVATION_CONFLICT, None, None
+            return route.emulate(cdb, data_out)
