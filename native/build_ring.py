@@ -63,6 +63,7 @@ uint32_t tcmu_ring_publish_nexus(struct ring_ctx *ctx, uint64_t handle, uint32_t
                                  uint64_t lease_ms);
 void tcmu_ring_nexus_mode(struct ring_ctx *ctx, uint32_t on);
 int64_t tcmu_ring_nexus(struct ring_ctx *ctx, uint32_t entry_off);
+int tcmu_ring_kflags(struct ring_ctx *ctx, uint32_t entry_off);
 int tcmu_ring_run(struct ring_ctx *ctx, int wait_fd, uint32_t event_size, int timeout_ms,
                   uint32_t *punts, uint32_t max_punts);
 """

@@ -454,9 +454,11 @@ enum unknown { KNOWN = 0, NO_HANDLE, UNRESOLVED };
 /*
  * The verdict an entry is checked against: the device's word, or in nexus mode the slot of
  * the entry's handle (read from the entry once, by the caller). A handle outside the table
- * or without a published slot leaves *why set and the verdict 0.
+ * or without a published slot (or an entry opening a new session of its nexus: Python
+ * handles the nexus loss) leaves *why set and the verdict 0.
  */
-static uint32_t entry_verdict(struct ring_ctx *ctx, uint64_t handle, enum unknown *why)
+static uint32_t entry_verdict(struct ring_ctx *ctx, uint64_t handle, uint8_t kflags,
+			      enum unknown *why)
 {
 	uint32_t v;
 
@@ -468,7 +470,7 @@ static uint32_t entry_verdict(struct ring_ctx *ctx, uint64_t handle, enum unknow
 		return 0;
 	}
 	v = __atomic_load_n(&ctx->nexus_verdict[handle], __ATOMIC_SEQ_CST);
-	if (!(v & RING_VERDICT_KNOWN)) {
+	if (!(v & RING_VERDICT_KNOWN) || (kflags & TCMU_KFLAG_NEXUS_NEW_SESSION)) {
 		*why = UNRESOLVED; /* the batch ends: once resolved, later commands go fast */
 		return 0;
 	}
@@ -476,7 +478,7 @@ static uint32_t entry_verdict(struct ring_ctx *ctx, uint64_t handle, enum unknow
 }
 
 static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *ent,
-				  uint32_t len, int expired, uint64_t *handle)
+				  uint32_t len, int expired, uint64_t *handle, uint8_t *kflags)
 {
 	const uint8_t *raw = (const uint8_t *)ent;
 	uint8_t cdb[16];
@@ -487,7 +489,8 @@ static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *e
 	enum unknown why;
 
 	/* read once: what the fast path decides on is what Python is told (tcmu_ring_nexus) */
-	*handle = (load_u8(raw + 6) & TCMU_KFLAG_NEXUS) ? load_u64(raw + 32) & INT64_MAX : 0;
+	*kflags = load_u8(raw + 6);
+	*handle = (*kflags & TCMU_KFLAG_NEXUS) ? load_u64(raw + 32) & INT64_MAX : 0;
 
 	if (cnt < 0) {
 		fail(ctx, ent, SENSE_INTERNAL_TARGET_FAILURE);
@@ -521,7 +524,7 @@ static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *e
 		blocks = be(cdb + 10, 4);
 		break;
 	default: {
-		uint32_t v = entry_verdict(ctx, *handle, &why);
+		uint32_t v = entry_verdict(ctx, *handle, *kflags, &why);
 
 		if (clen > 0 && is_pr_changer(cdb[0]))
 			return PUNT_AND_STOP;
@@ -539,7 +542,7 @@ static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *e
 		fua = write && (cdb[1] & 0x08);
 	}
 
-	uint32_t v = entry_verdict(ctx, *handle, &why);
+	uint32_t v = entry_verdict(ctx, *handle, *kflags, &why);
 
 	if (expired) /* the PR state is not vouched for: Python re-validates first */
 		return PUNT;
@@ -711,14 +714,16 @@ static int process(struct ring_ctx *ctx, uint32_t *punts, uint32_t max_punts)
 			if (n == max_punts)
 				break; /* no room to punt this one: next call */
 			uint64_t handle;
+			uint8_t kflags;
 			enum disposition d = serve_cmd(ctx, (struct tcmu_cmd_entry *)(ring + scan),
-						       len, expired, &handle);
+						       len, expired, &handle, &kflags);
 
 			ctx->stats.cmds++;
 			if (d != DONE) {
 				punts[n] = ctx->cmdr_off + scan;
 				ctx->pending_len[n] = len;
 				ctx->pending_nexus[n] = handle;
+				ctx->pending_kflags[n] = kflags;
 				ctx->pending[n++] = ctx->cmdr_off + scan;
 				ctx->n_pending = n;
 				ctx->stats.punted++;
@@ -773,6 +778,13 @@ int64_t tcmu_ring_nexus(struct ring_ctx *ctx, uint32_t entry_off)
 	if (i < 0)
 		return RING_ERR_NOT_CMD;
 	return (int64_t)ctx->pending_nexus[i];
+}
+
+int tcmu_ring_kflags(struct ring_ctx *ctx, uint32_t entry_off)
+{
+	int i = pending_index(ctx, entry_off);
+
+	return i < 0 ? RING_ERR_NOT_CMD : ctx->pending_kflags[i];
 }
 
 int tcmu_ring_cdb(struct ring_ctx *ctx, uint32_t entry_off, uint8_t *buf, uint32_t buflen)
@@ -875,6 +887,7 @@ done:;
 	ctx->pending[i] = ctx->pending[ctx->n_pending];
 	ctx->pending_len[i] = ctx->pending_len[ctx->n_pending];
 	ctx->pending_nexus[i] = ctx->pending_nexus[ctx->n_pending];
+	ctx->pending_kflags[i] = ctx->pending_kflags[ctx->n_pending];
 	return copied;
 }
 

@@ -124,7 +124,8 @@ const struct ring_backend_ops *tcmu_ring_file_deferred_ops(void);
 #define RING_VERDICT_KNOWN 8u
 
 /* Nexus mode: verdicts per nexus handle, for handles 1..RING_NEXUS_SLOTS-1; a command
- * of another handle, or of one whose slot lacks RING_VERDICT_KNOWN, is punted. */
+ * of another handle, or of one whose slot lacks RING_VERDICT_KNOWN, is punted, and so is
+ * one flagged TCMU_KFLAG_NEXUS_NEW_SESSION (Python handles the I_T nexus loss first). */
 #define RING_NEXUS_SLOTS 1024
 
 /* Negative results of tcmu_ring_process/complete (never -errno overlaps: < -1000). */
@@ -180,6 +181,7 @@ struct ring_ctx {
 	uint32_t pending_len[RING_MAX_PUNTS]; /* their lengths, as checked when scanned */
 	/* their nexus handles as read when scanned (0: the entry had no TCMU_KFLAG_NEXUS) */
 	uint64_t pending_nexus[RING_MAX_PUNTS];
+	uint8_t pending_kflags[RING_MAX_PUNTS]; /* and their hdr.kflags */
 	struct ring_stats stats;
 	/* Odd while tcmu_ring_process is serving commands, even otherwise: a thread that
 	 * published a new verdict waits for an odd value to change (tcmu_ring_publish). */
@@ -251,6 +253,9 @@ void tcmu_ring_nexus_mode(struct ring_ctx *ctx, uint32_t on);
 /* The nexus handle of a pending entry as read when it was scanned: the handle, 0 when the
  * entry carried no TCMU_KFLAG_NEXUS, or RING_ERR_NOT_CMD. */
 int64_t tcmu_ring_nexus(struct ring_ctx *ctx, uint32_t entry_off);
+
+/* hdr.kflags of a pending entry as read when it was scanned, or RING_ERR_NOT_CMD. */
+int tcmu_ring_kflags(struct ring_ctx *ctx, uint32_t entry_off);
 
 /* Publish cmd_tail up to the scan point and kick the kernel; 0 or RING_ERR_PENDING. */
 int tcmu_ring_commit(struct ring_ctx *ctx);

@@ -282,6 +282,18 @@ class LogicalUnit:
             return outcome
         return scsi.Outcome.check(outcome.state, NOT_CONFIRMED)
 
+    def nexus_lost(self, nexus: Nexus) -> bool:
+        """A new session of ``nexus`` began (I_T nexus loss): release its SCSI-2
+        reservation, with a unit attention for it, under the confirmation rule (every
+        gateway enforces the release before the command that revealed it is answered).
+        True when something changed; raises ApplyError/StoreError when the store failed."""
+        landed = update(self.slot, lambda state: engine.scsi2.nexus_lost(state, nexus),
+                        cache=self.cache)  # fmt: skip
+        if not landed.wrote:
+            return False
+        self._confirm(scsi.Outcome(landed.state), f"I_T nexus loss of {nexus}")
+        return True
+
     def take_unit_attention(self, nexus: Nexus) -> UnitAttention | None:
         """Deliver (remove from the shared state) the oldest UA owed to ``nexus``.
 

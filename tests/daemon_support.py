@@ -55,10 +55,12 @@ class SimRingSource:
 def run_cmd(
     sim: RingSimulator, cdb: bytes, *, data_out: bytes = b"", data_in: int = 0, timeout: float = 5,
     nexus: int | None = None,
+    new_session: bool = False,
 ) -> Completion:
     """Queue one command as the kernel would (``nexus``: with that handle, as the patched
     kernel does) and wait for the daemon's answer."""
-    cmd_id = sim.queue(cdb, data_out=data_out, data_in=data_in, nexus=nexus)
+    cmd_id = sim.queue(cdb, data_out=data_out, data_in=data_in, nexus=nexus,
+                       new_session=new_session)  # fmt: skip
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for done in sim.reap():

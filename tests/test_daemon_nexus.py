@@ -150,6 +150,23 @@ def test_scsi2_reservation_per_nexus(rig):
     assert write(rig, 3).status == scsi.GOOD
 
 
+def test_new_session_releases_the_scsi2_reservation_with_a_unit_attention(rig):
+    sim = rig.sim("lu0")
+    assert run_cmd(sim, RESERVE_6, nexus=1).status == scsi.GOOD
+    assert write(rig, 3).status == scsi.RESERVATION_CONFLICT
+    got = run_cmd(sim, rw10(False, 0, 1), data_in=BLOCK, nexus=1, new_session=True)
+    assert (got.status, sense_code(got.sense)) == (scsi.CHECK_CONDITION,
+                                                   (scsi.UNIT_ATTENTION, 0x29, 0x07))  # fmt: skip
+    assert write(rig, 3).status == scsi.GOOD  # released everywhere before that answer
+    assert read(rig, 1).status == scsi.GOOD  # the UA was delivered once
+    # a persistent reservation survives a nexus loss, and nothing is queued for it
+    pr(rig, 2, REGISTER, basic_list(0, KEY_B))
+    pr(rig, 2, RESERVE, basic_list(KEY_B), WE)
+    got = run_cmd(sim, rw10(True, 0, 1), data_out=bytes(BLOCK), nexus=2, new_session=True)
+    assert got.status == scsi.GOOD
+    assert write(rig, 1).status == scsi.RESERVATION_CONFLICT
+
+
 def test_rtpi_of_each_nexus_in_vpd_83_and_pr_in(rig):
     for handle, rtpi in ((1, 1), (2, 2)):
         got = run_cmd(rig.sim("lu0"), VPD_83, data_in=255, nexus=handle)

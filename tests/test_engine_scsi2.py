@@ -167,3 +167,17 @@ def test_all_tg_pt_unit_attention_reaches_any_port():
     s = run(before, B1, *prout(RELEASE, basic_list(2), 5)).state
     s, ua = engine.take_unit_attention(s, A2)
     assert ua is not None and ua.all_tg_pt and ua.ascq == 0x04
+
+
+def test_nexus_loss_releases_the_holders_scsi2_reservation_with_ua_29_07():
+    after = engine.scsi2.nexus_lost(state(scsi2=A1), A1)
+    assert after.scsi2_holder is None
+    assert after.unit_attentions == (UnitAttention(A1, 0x29, 0x07),)
+
+
+def test_nexus_loss_of_another_nexus_changes_nothing():
+    before = state(scsi2=A1)
+    assert engine.scsi2.nexus_lost(before, A2) is before  # another ISID: another nexus
+    assert engine.scsi2.nexus_lost(before, B1) is before
+    plain = state()
+    assert engine.scsi2.nexus_lost(plain, A1) is plain

@@ -149,6 +149,18 @@ def test_pr_out_of_a_handle_ends_the_batch(dev):
     assert [c.status for c in dev.sim.reap()] == [0, 0x18]
 
 
+def test_new_session_entry_is_punted_with_its_flags_and_ends_the_batch(dev):
+    dev.ring.nexus_mode(True)
+    dev.ring.publish_nexus(2, RW)
+    _read(dev, 2, new_session=True)
+    _read(dev, 2, lba=1)
+    [punt] = dev.ring.process()
+    assert dev.ring.kflags(punt) == L.KFLAG_NEXUS | L.KFLAG_NEXUS_NEW_SESSION
+    _answer_all(dev, [punt])
+    assert dev.ring.process() == []  # the next one of the session goes fast
+    assert len(dev.sim.reap()) == 2
+
+
 def test_publish_nexus_remembers_a_running_batch_for_drain(dev):
     dev.ring.nexus_mode(True)
     dev.ring.publish_nexus(1, RW)
@@ -165,7 +177,8 @@ def _nexus_workload(dev, rnd):
         lba = rnd.randrange(dev.size // BLOCK + 2)
         if kind < 0.8:
             sim.queue(rw10(write, lba, 1), data_out=rnd.randbytes(BLOCK) if write else b"",
-                      data_in=0 if write else BLOCK, nexus=handle)  # fmt: skip
+                      data_in=0 if write else BLOCK, nexus=handle,
+                      new_session=handle is not None and rnd.random() < 0.1)  # fmt: skip
         elif kind < 0.9:
             sim.queue(TUR, nexus=handle)
         else:
@@ -192,7 +205,7 @@ def test_native_and_python_answer_alike_in_nexus_mode(tmp_path):
                 while punts := d.ring.process():  # answer punts alike: status by handle
                     for p in punts:
                         h = d.ring.nexus(p)
-                        seen.append(h)
+                        seen.append((h, d.ring.kflags(p)))
                         d.ring.complete(p, 2 if h % 2 else 0, None, None)
                     d.ring.commit()
                 answers.append((seen, [(c.status, c.sense[:18] if c.status == 2 else b"",

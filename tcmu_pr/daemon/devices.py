@@ -57,6 +57,7 @@ from tcmu_pr.netlink.nexus import NexusInfo, NexusLookupError
 from tcmu_pr.netlink.service import DeviceError, Reconfig
 from tcmu_pr.nexus import Nexus
 from tcmu_pr.ring.handler import Emulate, NexusRoute, PRHooks, Reply, RingHandler
+from tcmu_pr.ring.layout import KFLAG_NEXUS_NEW_SESSION
 from tcmu_pr.ring.loop import RingError, RingLoop
 from tcmu_pr.store_spec import StoreSpec
 
@@ -335,10 +336,27 @@ class Device:
         assert self._emu is not None
         return Emulator(replace(self._emu, rtpi=rtpi), self.data).emulate
 
-    def _route(self, handle: int) -> NexusRoute:
+    def _route(self, handle: int, kflags: int = 0) -> NexusRoute:
         """On the ring thread: the hooks of the entry's nexus; a handle seen for the first
         time is resolved (GET_NEXUS) and its slot joins the LU, which publishes its verdict,
-        so the handle's later commands take the fast path."""
+        so the handle's later commands take the fast path.  The first command of a new
+        session of the nexus (kflags) first applies the I_T nexus loss."""
+        route = self._slot_route(handle)
+        slot = self.slots.get(handle)
+        if slot is not None and kflags & KFLAG_NEXUS_NEW_SESSION:
+            log.info("device %s: new session of nexus %s", self.name, slot.nexus)
+            try:
+                if self.lu.nexus_lost(slot.info.nexus):
+                    log.warning("device %s: I_T nexus loss of %s released its SCSI-2 "
+                                "reservation (unit attention 29/07 queued)", self.name,
+                                slot.nexus)  # fmt: skip
+            except (ApplyError, StoreError) as err:
+                log.error("device %s: I_T nexus loss of %s not applied: %s", self.name,
+                          slot.nexus, err)  # fmt: skip
+            self.lu.republish(slot)  # the ring punts the flagged entry: publish again
+        return route
+
+    def _slot_route(self, handle: int) -> NexusRoute:
         slot = self.slots.get(handle)
         if slot is not None:
             return slot.route

@@ -15,9 +15,10 @@ from dataclasses import replace
 
 from tcmu_pr import scsi
 from tcmu_pr.engine.cdb import Rejected, decode_scsi2
+from tcmu_pr.engine.changes import queue_uas
 from tcmu_pr.nexus import Nexus
 from tcmu_pr.scsi import Outcome
-from tcmu_pr.state import ALL_REGISTRANTS_TYPES, REGISTRANTS_ONLY_TYPES, PRState
+from tcmu_pr.state import ALL_REGISTRANTS_TYPES, REGISTRANTS_ONLY_TYPES, PRState, UnitAttention
 
 
 def is_scsi2_holder(state: PRState, nexus: Nexus) -> bool:
@@ -71,3 +72,20 @@ def execute(state: PRState, nexus: Nexus, cdb: bytes) -> Outcome:
     if cdb[0] in (scsi.RESERVE_6, scsi.RESERVE_10):
         return reserve(state, nexus)
     return release(state, nexus)
+
+
+#: I_T NEXUS LOSS OCCURRED (SPC-4 §6.x, additional sense 29h/07h).
+NEXUS_LOSS_OCCURRED = (0x29, 0x07)
+
+
+def nexus_lost(state: PRState, nexus: Nexus) -> PRState:
+    """``nexus`` lost its session and logged in again (the kernel flags the first command of
+    the new session): SPC-4 releases the SCSI-2 reservation an I_T nexus loss ends, and the
+    nexus is told so with a unit attention.  Persistent reservations survive a nexus loss
+    (they belong to the registration, not the session); nothing else changes.  Returns the
+    same object when the nexus held no SCSI-2 reservation.
+    """
+    if not is_scsi2_holder(state, nexus):
+        return state
+    released = replace(state, scsi2_holder=None)
+    return queue_uas(released, [UnitAttention(nexus, *NEXUS_LOSS_OCCURRED)])[0]

@@ -102,10 +102,11 @@ class RingHandler:
         emulate: Emulate = default_emulate,
         pr: PRHooks | None = None,
         event_size: int = 4,
-        route: Callable[[int], NexusRoute] | None = None,
+        route: Callable[[int, int], NexusRoute] | None = None,
     ) -> None:
-        """``route``: nexus mode; each punted entry's handle (0: none) picks its nexus's
-        hooks and emulator (it must not raise: an unknown nexus gets hooks that refuse PR)."""
+        """``route``: nexus mode; each punted entry's handle (0: none) and kflags pick its
+        nexus's hooks and emulator (it must not raise: an unknown nexus gets hooks that
+        refuse PR)."""
         self.ring = ring
         self.wait_fd = wait_fd
         #: uio's read() takes exactly 4 bytes (an s32 event count); an eventfd wants 8.
@@ -177,8 +178,8 @@ class RingHandler:
             if self.route is None:
                 status, sense, data = self._dispatch(cdb, data_out)
             else:
-                status, sense, data = self._dispatch_nexus(self.route(self.ring.nexus(entry)),
-                                                           cdb, data_out)  # fmt: skip
+                route = self.route(self.ring.nexus(entry), self.ring.kflags(entry))
+                status, sense, data = self._dispatch_nexus(route, cdb, data_out)
         except Exception:  # a bug in a hook must not leave the entry (and the ring) stuck
             log.exception("answering CDB %s failed", cdb.hex())
             status, sense, data = scsi.CHECK_CONDITION, INTERNAL_TARGET_FAILURE.to_bytes(), None

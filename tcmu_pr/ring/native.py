@@ -137,6 +137,12 @@ class NativeRing:
             raise RingError(n, "nexus")
         return int(n)
 
+    def kflags(self, entry_off: int) -> int:
+        n = self._lib.tcmu_ring_kflags(self._ctx, entry_off)
+        if n < 0:
+            raise RingError(n, "kflags")
+        return int(n)
+
     def _closed(self) -> RingError:
         return RingError(-errno.EBADF, "the ring is closed")
 

@@ -90,8 +90,8 @@ class PyRing:
         #: punted entries still owed an answer -> the length seen when they were scanned
         #: (a header rewritten after the scan must not change what we act on)
         self._pending: dict[int, int] = {}
-        #: ... and their nexus handles as read then (0: none)
-        self._pending_nexus: dict[int, int] = {}
+        #: ... and their nexus handles and kflags as read then (handle 0: none)
+        self._pending_nexus: dict[int, tuple[int, int]] = {}
         self._nexus_mode = False
         self._slots = [0] * NEXUS_SLOTS
         self._closed = False
@@ -122,16 +122,23 @@ class PyRing:
 
     def nexus(self, entry_off: int) -> int:
         self._pending_entry(entry_off)
-        return self._pending_nexus[entry_off]
+        return self._pending_nexus[entry_off][0]
 
-    def _entry_verdict(self, handle: int) -> tuple[int, int]:
-        """(verdict, why unknown): 0 known, 1 no usable handle, 2 handle not resolved."""
+    def kflags(self, entry_off: int) -> int:
+        self._pending_entry(entry_off)
+        return self._pending_nexus[entry_off][1]
+
+    def _entry_verdict(self, handle: int, kflags: int) -> tuple[int, int]:
+        """(verdict, why unknown): 0 known, 1 no usable handle, 2 handle not resolved (or
+        the entry opens a new session of its nexus)."""
         if not self._nexus_mode:
             return self.verdict, 0
         if not 0 < handle < NEXUS_SLOTS:
             return 0, 1
         v = self._slots[handle]
-        return (v, 0) if v & VERDICT_KNOWN else (0, 2)
+        if not v & VERDICT_KNOWN or kflags & L.KFLAG_NEXUS_NEW_SESSION:
+            return 0, 2
+        return v, 0
 
     def drain(self, timeout: float) -> bool:
         return wait_batch_over(lambda: self.busy, self._seen, timeout)
@@ -156,7 +163,7 @@ class PyRing:
         if head >= size or head % L.ALIGN:
             raise RingError(ERR_HEAD, "process")
         punts: dict[int, int] = {}
-        handles: dict[int, int] = {}
+        handles: dict[int, tuple[int, int]] = {}
         err = 0
         while self._scan != head:
             scan = self._scan
@@ -173,11 +180,11 @@ class PyRing:
                 if len(punts) == MAX_PUNTS:
                     break
                 self._stats["cmds"] += 1
-                handle = self._handle(off + scan)
-                disposition = self._serve(off + scan, length, expired, handle)
+                handle, kflags = self._handle(off + scan)
+                disposition = self._serve(off + scan, length, expired, handle, kflags)
                 if disposition:
                     punts[off + scan] = length
-                    handles[off + scan] = handle
+                    handles[off + scan] = (handle, kflags)
                     self._stats["punted"] += 1
                     self._scan = (scan + length) % size
                     if disposition == 2:
@@ -204,14 +211,16 @@ class PyRing:
             os.write(self._kick_fd, b"\0\0\0\0")
             self._stats["kicks"] += 1
 
-    def _handle(self, ent: int) -> int:
-        """The entry's nexus handle, read once (0 without KFLAG_NEXUS)."""
-        if not self._mm[ent + L.HDR_KFLAGS] & L.KFLAG_NEXUS:
-            return 0
+    def _handle(self, ent: int) -> tuple[int, int]:
+        """The entry's nexus handle (0 without KFLAG_NEXUS) and kflags, each read once."""
+        kflags = self._mm[ent + L.HDR_KFLAGS]
+        if not kflags & L.KFLAG_NEXUS:
+            return 0, kflags
         # as tcmu_ring_nexus reports it: 63 bits (the kernel's are u32)
-        return _U64.unpack_from(self._mm, ent + L.REQ_NEXUS_HANDLE)[0] & 0x7FFF_FFFF_FFFF_FFFF
+        handle = _U64.unpack_from(self._mm, ent + L.REQ_NEXUS_HANDLE)[0] & 0x7FFF_FFFF_FFFF_FFFF
+        return handle, kflags
 
-    def _serve(self, ent: int, length: int, expired: bool, handle: int) -> int:
+    def _serve(self, ent: int, length: int, expired: bool, handle: int, kflags: int) -> int:
         """0: completed here; 1: punt; 2: punt and end the batch (verdict may change)."""
         try:
             cnt = self._iov_cnt(ent, length)
@@ -219,7 +228,7 @@ class PyRing:
         except _BadEntry as bad:
             self._fail(ent, bad.sense)
             return 0
-        verdict, unknown = self._entry_verdict(handle)
+        verdict, unknown = self._entry_verdict(handle, kflags)
         if cdb is None or cdb[0] not in RW_OPCODES:
             if cdb is not None and cdb[0] in PR_CHANGERS:
                 return 2
