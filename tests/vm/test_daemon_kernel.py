@@ -284,3 +284,67 @@ targetcli /backstores/user:tcmu_pr delete lu8""")
     finally:
         stop_daemon(paths.vm)
         start_daemon(paths.vm)
+
+
+PLAIN = r'''
+import sys
+import rtslib_fb as r
+
+image, hba = sys.argv[1], int(sys.argv[2])
+so = r.UserBackedStorageObject("plain", size=16 << 20, config="tcmu-pr/file/" + image,
+                               index=hba)
+fabric = r.FabricModule("loopback")
+for n in (1, 2):  # two tcm_loop targets: two I_T nexuses of one LU
+    tpg = r.TPG(r.Target(fabric, f"naa.50014050000007{n:02x}"), 1)
+    r.LUN(tpg, 0, so)
+print("made")
+'''
+
+
+def test_plain_targetcli_backstore_without_topology_gets_pr(paths):
+    """A ``user:tcmu_pr`` backstore made as an administrator would (no topology entry, no
+    nexus in its dev_config, two tcm_loop ports): on a stock kernel LIO's own PR serves it
+    (pgr_support=1; 6.12's default, enforced by the daemon, with a warning that it is per
+    gateway); with the nexus-handle module the daemon turns the handles on and serves
+    cluster PR itself. Either way a reservation through one port fences the other."""
+    vm = paths.vm
+    image, hba = "/var/tmp/tcmu-pr-kernel/plain.img", 13
+    attrib = f"/sys/kernel/config/target/core/user_{hba}/plain/attrib"
+    (vm.io / "plain_setup.py").write_text(PLAIN)
+    _, before = sh(vm, "ls /sys/block | grep ^sd | sort")
+    sh(vm, f"truncate -s 16M {image}; python3 /mnt/io/plain_setup.py {image} {hba}")
+    try:
+        _, out = sh(vm, f"""
+for _ in $(seq 100); do [[ $(ls /sys/block | grep -c ^sd) == {len(before.split()) + 2} ]] \\
+    && break; sleep 0.1; done
+ls /sys/block | grep ^sd | sort; echo pgr=$(cat {attrib}/pgr_support) \\
+    nexus=$(cat {attrib}/nexus_handles 2>/dev/null || echo absent)""")
+        disks = sorted(set(out.split()) - set(before.split()) - {"pgr=1", "pgr=0"})
+        disks = [d for d in disks if d.startswith("sd")]
+        assert len(disks) == 2, out
+        patched = "nexus=absent" not in out
+        assert ("pgr=0" if patched else "pgr=1") in out, out
+        _, log = sh(vm, f"cat {LOG}")
+        if patched:
+            assert f"user_{hba}/plain: nexus handles on" in log, log
+        else:
+            assert f"user_{hba}/plain: no nexus known" in log and "NOT shared" in log, log
+        a, b = (f"/dev/{d}" for d in disks)
+        out = sh(vm, f"""
+sg_turs {a}; sg_turs {a}; sg_turs {b}; sg_turs {b}
+sg_persist -n --out --register --param-sark={KEY_A} {a}
+sg_persist -n --out --reserve --param-rk={KEY_A} --prout-type=1 {a}
+sg_persist -n --in -r {b}""")[1]
+        assert re.search(r"Key=0xabc1\s+scope: LU_SCOPE,  type: Write Exclusive", out), out
+        rc, out = sh(vm, f"dd if=/dev/zero of={b} bs=4k count=1 oflag=direct", check=False)
+        assert rc != 0, out  # WRITE from the other nexus: RESERVATION CONFLICT
+        sh(vm, f"dd if={b} of=/dev/null bs=4k count=1 iflag=direct")
+        sh(vm, f"dd if=/dev/zero of={a} bs=4k count=1 oflag=direct")
+        sh(vm, f"sg_persist -n --out --clear --param-rk={KEY_A} {a}")
+    finally:
+        sh(vm, r"""python3 -W ignore -c '
+import rtslib_fb as r
+for t in list(r.FabricModule("loopback").targets):
+    if t.wwn.startswith("naa.50014050000007"):
+        t.delete()
+[s.delete() for s in r.RTSRoot().storage_objects if s.name == "plain"]'""")
