@@ -70,7 +70,6 @@ def _without(attr):
         (_without(Attr.NEXUS_ISID), "without an ISID"),
         (_without(Attr.NEXUS_RTPI), "missing NEXUS_RTPI"),
         (nexus_attrs(4, INIT, TPORT, isid=1 << 48), "wider than 48 bits"),
-        (nexus_attrs(4, INIT, TPORT, rtpi=0), "port identifier 0"),
         (nexus_attrs(4, "has space", TPORT), "printable"),
         (nexus_attrs(4, INIT, "a,b"), "commas"),
     ],
@@ -95,6 +94,13 @@ def test_malformed_bytes_and_wrong_command(kernel, client):
     assert err.value.errno == errno.ETIMEDOUT
     kernel.table[(1, 6)] = nexus_attrs(6, INIT, TPORT)
     assert client.resolve(1, 6).handle == 6  # the client still works after all that
+
+
+def test_rtpi_zero_is_unknown_not_an_error(kernel, client):
+    """6.12 gives a TPG its relative port id when it is enabled; tcm_loop's never are."""
+    kernel.table[(1, 8)] = nexus_attrs(8, "naa.5001405000000a01", "naa.5001405000000001",
+                                       isid=None, proto=6, rtpi=0)  # fmt: skip
+    assert client.resolve(1, 8).rtpi is None
 
 
 def test_handles_outside_u32_are_not_asked(kernel, client):

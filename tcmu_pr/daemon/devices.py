@@ -331,7 +331,7 @@ class Device:
 
     # -- nexus mode: the handle in each entry names the nexus --------------------------------
 
-    def _emulator_for(self, rtpi: int) -> Emulate:
+    def _emulator_for(self, rtpi: int | None) -> Emulate:
         """The emulator as seen through one target port (VPD 0x83's relative port)."""
         assert self._emu is not None
         return Emulator(replace(self._emu, rtpi=rtpi), self.data).emulate
@@ -377,7 +377,7 @@ class Device:
         self.slots[handle] = slot
         self._unresolved.pop(handle, None)
         self.lu.add(slot)
-        log.info("device %s: handle %d is nexus %s (rtpi %d, protocol %d)", self.name, handle,
+        log.info("device %s: handle %d is nexus %s (rtpi %s, protocol %d)", self.name, handle,
                  info.nexus, info.rtpi, info.proto)  # fmt: skip
         return slot.route
 

@@ -58,7 +58,7 @@ class NexusInfo:
     isid: int | None  # iSCSI only
     target: str
     tpgt: int
-    rtpi: int
+    rtpi: int | None  # None: the kernel reported 0 (a TPG without one, e.g. tcm_loop's)
     sessions: int  # sessions of this nexus logged in when asked (0: gone)
 
     @property
@@ -95,12 +95,12 @@ def parse_reply(msg: Message, handle: int) -> NexusInfo:
         raise bad("iSCSI nexus without an ISID")
     if isid is not None and not 0 <= int(isid) <= ISID_MAX:
         raise bad(f"ISID {int(isid):#x} is wider than 48 bits")
-    if not 1 <= int(a[Attr.NEXUS_RTPI]) <= 0xFFFF:
-        raise bad("relative target port identifier 0")
+    # 0: the TPG has no relative port id (6.12 assigns one when a TPG is enabled; tcm_loop
+    # TPGs are never enabled, so LIO itself reports 0 for them): unknown, not an error
+    rtpi = int(a[Attr.NEXUS_RTPI]) or None
     info = NexusInfo(handle, proto, str(a[Attr.NEXUS_INITIATOR]),
                      None if isid is None else int(isid), str(a[Attr.NEXUS_TARGET]),
-                     int(a[Attr.NEXUS_TPGT]), int(a[Attr.NEXUS_RTPI]),
-                     int(a[Attr.NEXUS_SESSIONS]))  # fmt: skip
+                     int(a[Attr.NEXUS_TPGT]), rtpi, int(a[Attr.NEXUS_SESSIONS]))  # fmt: skip
     try:
         info.nexus  # noqa: B018 - the names must form a nexus string
     except NexusError as err:
