@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -21,6 +22,15 @@ HERE = Path(__file__).resolve().parent
 
 class VMError(RuntimeError):
     """The VM could not be built, booted, or did not answer in time."""
+
+
+#: Which target_core_user.ko a VM runs: Debian's own, or the nexus-handle one from kernel/
+#: (build-image puts it in /lib/modules/KVER/updates/, so a bare `modprobe` would pick it).
+TcmuModule = Literal["stock", "patched"]
+TCMU_MODULES: tuple[TcmuModule, ...] = ("stock", "patched")
+
+#: Guest path of the tool that swaps target_core_user.ko (the 9p checkout).
+_TCMU_MODULE_TOOL = "/mnt/repo/tests/vm/tools/tcmu_module.py"
 
 
 def build_image() -> Path:
@@ -37,11 +47,15 @@ class VM:
     """One booted VM; use as a context manager.  Jobs run one at a time, as root."""
 
     def __init__(self, *, memory_mb: int = 2048, cpus: int = 2, boot_timeout: float = 180.0,
-                 overlay: Path | None = None):
+                 overlay: Path | None = None, module: TcmuModule = "stock"):
         """``overlay``: the guest disk's copy-on-write file.  By default a fresh one inside
         the per-boot folder (gone after close); a caller's path is created only if missing
         and outlives the VM, so a second VM booted on it sees what the first one wrote
-        (how a power cycle is tested)."""
+        (how a power cycle is tested).  ``module``: the target_core_user.ko loaded before
+        the VM is handed out (see :meth:`load_tcmu`); stock by default, so tests written
+        for Debian's kernel run on exactly that."""
+        if module not in TCMU_MODULES:
+            raise ValueError(f"module must be one of {TCMU_MODULES}, not {module!r}")
         self.image = build_image()
         self.io = Path(tempfile.mkdtemp(prefix="tcmu-pr-vm-io."))
         (self.io / "jobs").mkdir()
@@ -76,6 +90,24 @@ class VM:
                 self.close()
                 raise VMError(f"VM did not come up; console tail:\n{self.console_tail()}")
             time.sleep(0.2)
+        self.module: TcmuModule | None = None
+        try:
+            self.load_tcmu(module)
+        except VMError:
+            self.close()
+            raise
+
+    def load_tcmu(self, module: TcmuModule) -> None:
+        """Load the ``stock`` or ``patched`` target_core_user.ko, unloading the other.
+
+        Call it before a layout makes TCMU devices (or after :data:`layouts.RESET`): the
+        module cannot be swapped while devices use it, and this then raises."""
+        if module not in TCMU_MODULES:
+            raise ValueError(f"module must be one of {TCMU_MODULES}, not {module!r}")
+        rc, out = self.run(f"python3 {_TCMU_MODULE_TOOL} load {module}", timeout=120)
+        if rc != 0 or out.strip().splitlines()[-1:] != [module]:
+            raise VMError(f"could not load the {module} target_core_user (rc {rc}):\n{out}")
+        self.module = module
 
     def console_tail(self, n: int = 40) -> str:
         try:
