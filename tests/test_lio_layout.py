@@ -247,6 +247,8 @@ def test_vm_layout_names_and_export_parsing() -> None:
     with pytest.raises(ValueError, match="unknown layout"):
         vm_layouts.command("fc-4gw")
     assert vm_layouts.command("iscsi-2gw@file") == "/mnt/repo/examples/targetcli/iscsi-2gw"
+    assert vm_layouts.command("loopback-mpath:ours-nexus") == (
+        "/mnt/repo/examples/targetcli/loopback-mpath --backend ours-nexus")
     rbd = vm_layouts.command("iscsi-2gw:ours@rbd")
     assert rbd.startswith(vm_layouts.CEPH_START + " && ")
     assert rbd.endswith("iscsi-2gw --backend ours --store rbd:rbd/lu1")
@@ -376,3 +378,14 @@ def test_the_library_never_imports_the_cli() -> None:
         names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not {n for n in names if n and (n == "tcmu_pr.cli" or n.endswith(".commands"))}, path
+
+
+def test_a_targetcli_made_config_is_the_same_device() -> None:
+    from tcmu_pr.lio.converge import _same_config
+
+    wanted = lio_plan.plan(spec_of(ISCSI), "nexus").devices[0].config
+    assert _same_config("tcmu_pr/file//srv/lu1.img", wanted)  # targetcli's spelling
+    assert _same_config("tcmu-pr/file:/srv/lu1.img", wanted)
+    assert not _same_config("tcmu_pr/file//srv/lu2.img", wanted)
+    assert not _same_config("tcmu-pr/file//srv/lu1.img;rtpi=1", wanted)
+    assert not _same_config("qcow//srv/lu1.img", wanted)

@@ -29,6 +29,7 @@ from typing import Any
 
 from tcmu_pr.lio.plan import PER_NEXUS_NAME, Device, Plan
 from tcmu_pr.lio.spec import BACKENDS, Port, Spec
+from tcmu_pr.netlink.devconfig import ConfigError, parse_dev_config
 
 #: The patched target_core_user's per-backstore switch (docs/nexus-abi.md).
 NEXUS_ATTRIBUTE = "nexus_handles"
@@ -132,12 +133,18 @@ class LIOLayout:
         return None
 
     def _so_matches(self, so: Any, dev: Device, size: int) -> bool:
-        if not so.is_configured() or so.size != size or so.wwn != dev.serial:
+        """Whether ``so`` can stay.  A TCMU device's LIO serial is not compared: INQUIRY
+        goes to user space, which derives VPD from the LU's identity, and LIO refuses to
+        change a serial while the device is exported (a targetcli-made backstore keeps
+        its random one)."""
+        if not so.is_configured() or so.size != size:
             return False
         if dev.kind == "user":
             present = set(so.list_attributes())
-            return so.get_attribute("dev_config") == dev.config and all(
+            return _same_config(so.get_attribute("dev_config"), dev.config) and all(
                 so.get_attribute(k) == v for k, v in dev.control.items() if k in present)
+        if so.wwn != dev.serial:
+            return False
         if dev.kind in ("fileio", "block"):
             return bool(so.udev_path == dev.config)
         return True
@@ -161,16 +168,20 @@ class LIOLayout:
                 f"daemon for {dev.config.partition('/')[0]!r} running?") from err
 
     def _set_attributes(self, so: Any, dev: Device, warnings: list[str]) -> None:
-        for name, value in dev.attributes.items():
+        attributes = dict(dev.attributes)
+        if dev.nexus_handles:
+            if NEXUS_ATTRIBUTE in so.list_attributes():
+                attributes[NEXUS_ATTRIBUTE] = "1"  # the daemon writes it too: same value
+            else:
+                # A stock module: the device is a plain backstore whose ring names no nexus,
+                # and the daemon gives it LIO's own PR (pgr_support=1); leave that be.
+                attributes.pop("pgr_support", None)
+                warnings.append(f"{dev.name}: target_core_user has no {NEXUS_ATTRIBUTE} "
+                                "(stock module): ring entries name no nexus, so PR is LIO's "
+                                "own (per gateway, not shared) or refused")
+        for name, value in attributes.items():
             if so.get_attribute(name) != value:
                 so.set_attribute(name, value)
-        if not dev.nexus_handles:
-            return
-        if NEXUS_ATTRIBUTE not in so.list_attributes():
-            warnings.append(f"{dev.name}: target_core_user has no {NEXUS_ATTRIBUTE} (stock "
-                            "module): ring entries will name no nexus, PR is refused")
-        elif so.get_attribute(NEXUS_ATTRIBUTE) != "1":  # the daemon writes it too
-            so.set_attribute(NEXUS_ATTRIBUTE, "1")
 
     # -- fabric objects -----------------------------------------------------------------
 
@@ -353,6 +364,18 @@ class LIOLayout:
             targets.append({"fabric": target.fabric_module.name, "wwn": target.wwn,
                             "tpgs": tpgs})
         return {"storage": storage, "targets": targets}
+
+
+def _same_config(live: str, wanted: str) -> bool:
+    """Equal TCMU configs, ours compared by meaning: targetcli spells the handler
+    ``tcmu_pr`` (D-Bus names allow no '-'), and either store spelling is the same store."""
+    if live == wanted:
+        return True
+    try:
+        a, b = parse_dev_config(live), parse_dev_config(wanted)
+    except ConfigError:
+        return False
+    return (a.store, a.pr_store, a.nexus, a.rtpi) == (b.store, b.pr_store, b.nexus, b.rtpi)
 
 
 def _wwn(so: Any) -> str | None:
