@@ -249,6 +249,9 @@ def test_vm_layout_names_and_export_parsing() -> None:
     assert vm_layouts.command("iscsi-2gw@file") == "/mnt/repo/examples/targetcli/iscsi-2gw"
     assert vm_layouts.command("loopback-mpath:ours-nexus") == (
         "/mnt/repo/examples/targetcli/loopback-mpath --backend ours-nexus")
+    assert vm_layouts.tcmu_module("iscsi-2gw:ours-nexus@rbd") == "patched"
+    assert vm_layouts.tcmu_module("iscsi-2gw:ours") is None
+    assert vm_layouts.tcmu_module("none") is None
     rbd = vm_layouts.command("iscsi-2gw:ours@rbd")
     assert rbd.startswith(vm_layouts.CEPH_START + " && ")
     assert rbd.endswith("iscsi-2gw --backend ours --store rbd:rbd/lu1")
