@@ -29,7 +29,7 @@ Configure = Callable[[argparse.ArgumentParser], None]
 #: Modules whose import registers more subcommands (append yours).
 COMMAND_MODULES: list[str] = [
     "tcmu_pr.demo", "tcmu_pr.bench_store", "tcmu_pr.bench_pr", "tcmu_pr.bench_ring",
-    "tcmu_pr.layout",
+    "tcmu_pr.lio.commands",
     "tcmu_pr.daemon.main", "tcmu_pr.system_install",
 ]
 

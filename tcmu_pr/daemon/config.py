@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from tcmu_pr.backends.base import DEFAULT_ACK_TIMEOUT, StoreOptions
+from tcmu_pr.lio import topology_file
 
 DEFAULT_PATH = Path("/etc/tcmu-pr/tcmu-pr.conf")
-DEFAULT_TOPOLOGY = Path("/etc/tcmu-pr/topology.json")
+DEFAULT_TOPOLOGY = Path(topology_file.DEFAULT_TOPOLOGY)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 RING_KINDS = ("auto", "native", "python")
 BLOCK_SIZES = (512, 4096)

@@ -7,14 +7,14 @@ commands arrive on which device.  Two sources, both written by the layout tool:
 1. ``nexus=`` / ``rtpi=`` options in the device's dev_config (the kernel hands them over
    with ADDED_DEVICE; limited to 255 characters in all);
 2. the topology file (default /etc/tcmu-pr/topology.json), keyed by the configfs path of
-   the backstore below ``core/``::
+   the backstore below ``core/`` (both defined in tcmu_pr/lio/topology_file.py)::
 
        {"devices": {"user_1/lu0_gw1": {"lu": "lu0", "store": "file:/srv/lu0.img",
                                        "nexus": "<init>,i,0x<isid>,<tport>,t,0x<tpgt>",
                                        "rtpi": 1}}}
 
    Optional fields: ``pr_store`` (when not the store), ``identity`` (the string the VPD
-   serial/NAA are derived from; default: the store spec, as tcmu_pr.layout does).  Fields
+   serial/NAA are derived from; default: the store spec, as tcmu_pr.lio.plan does).  Fields
    this reader does not know are ignored, so the layout tool may add some.
 
 If both name a nexus (or an rtpi) they must agree, and the file's ``store``/``pr_store``
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tcmu_pr.lio.topology_file import device_key as device_key  # the key, defined once
 from tcmu_pr.nexus import Nexus, NexusError
 from tcmu_pr.store_spec import StoreSpec, StoreSpecError
 
@@ -62,11 +63,6 @@ class TopologyEntry:
     identity: str | None = None
     nexus: Nexus | None = None
     rtpi: int | None = None
-
-
-def device_key(hba: int, name: str) -> str:
-    """The file's key of a backstore: its directory below configfs ``target/core``."""
-    return f"user_{hba}/{name}"
 
 
 def parse(text: str, *, source: str = "<topology>") -> dict[str, TopologyEntry]:

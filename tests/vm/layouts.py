@@ -1,7 +1,9 @@
 """Glue between the host-side rig (vmrig.VM) and the layout scripts in examples/targetcli.
 
 A layout is named ``SCRIPT[:BACKEND][@STORE]`` (``loopback-mpath:lio-ramdisk-pr``,
-``iscsi-2gw``, ``iscsi-2gw@rbd``); ``none`` is no layout at all.  ``@file`` (the default)
+``iscsi-2gw``, ``iscsi-2gw@rbd``, ``iscsi-2gw:ours-nexus``); ``none`` is no layout at all.
+``ours-nexus`` (one plain targetcli backstore per LU) asks for the patched target_core_user
+(:func:`tcmu_module`).  ``@file`` (the default)
 keeps the LU in an image file; ``@rbd`` starts the guest's own one-node Ceph cluster first
 (scripts/ceph-cluster, reused while it runs, resumed on its data after a reboot) and puts the
 LU on image rbd/lu1.
@@ -84,6 +86,16 @@ true
 """
 
 
+#: Backends that need the patched target_core_user (nexus handles, docs/nexus-abi.md).
+PATCHED_MODULE_BACKENDS = ("ours-nexus",)
+
+
+def tcmu_module(layout: str) -> str | None:
+    """The target_core_user a layout needs loaded: ``patched``, or None (either will do)."""
+    backend = layout.partition("@")[0].partition(":")[2]
+    return "patched" if backend in PATCHED_MODULE_BACKENDS else None
+
+
 class Runner(Protocol):
     def run(self, script: str, *, env: dict[str, str] | None = None,
             timeout: float = 600.0) -> tuple[int, str]: ...
@@ -134,6 +146,12 @@ def setup(vm: Runner, layout: str, *, timeout: float = 600.0,
     rc, out = vm.run(RESET + (FRESH if fresh else ""), timeout=180)
     if rc != 0:
         raise LayoutError(f"reset failed ({rc}):\n{out}")
+    module = tcmu_module(layout)
+    # The rig's module switch (vmrig.VM.load_tcmu, branch i11-kernel); a rig without it
+    # keeps the stock module, and the layout scripts then warn that PR is not clustered.
+    load = getattr(vm, "load_tcmu", None)
+    if module is not None and load is not None:
+        load(module)  # after RESET: no device holds the module
     if not cmd:
         return dict(GUEST_ENV)
     # stdout (the exports) goes to a file; progress on stderr stays in the job's output.
