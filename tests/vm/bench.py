@@ -2,7 +2,7 @@
 """Data-path benchmark on the real kernel: fio through ONE tcm_loop path, in the test VM.
 
     tests/vm/bench.py [--store file|rbd] [--seconds 15] [--size-mb 256]
-                      [--backends ours,tcmu-runner,fileio|krbd]
+                      [--backends ours,ours-nexus,tcmu-runner,fileio|krbd]
                       [--cases randread4k,randwrite4k,seqread128k,seqwrite128k] [--json]
                       [--rounds N] [--baseline DIR]
 
@@ -40,12 +40,12 @@ CASES = {
     "seqwrite128k": ("write", "128k"),
 }
 #: our name -> loopback-mpath --backend
-BACKENDS = {"ours": "ours", "tcmu-runner": "tcmu-runner", "fileio": "lio-fileio",
-            "krbd": "lio-krbd"}
+BACKENDS = {"ours": "ours", "ours-nexus": "ours-nexus", "tcmu-runner": "tcmu-runner",
+            "fileio": "lio-fileio", "krbd": "lio-krbd"}
 #: LIO's own backstores: no user-space handler, so no CPU figure (the ceiling for IOPS)
 IN_KERNEL = {"fileio", "krbd"}
 #: the backends that can serve each store
-STORE_BACKENDS = {"file": ["ours", "tcmu-runner", "fileio"],
+STORE_BACKENDS = {"file": ["ours", "ours-nexus", "tcmu-runner", "fileio"],
                   "rbd": ["ours", "tcmu-runner", "krbd"]}
 #: ``--baseline DIR``: our daemon again, from another tree (e.g. ``git archive HEAD tcmu_pr``
 #: unpacked into a folder of the checkout, with the built .so files copied in): before/after.
@@ -112,6 +112,12 @@ def run_backend(
     rc, out = vm.run(layouts.RESET, timeout=120)
     if rc:
         raise layouts.LayoutError(f"reset failed: {out}")
+    # ours-nexus needs the patched target_core_user; every other backend runs on the stock
+    # one, as on a gateway without the patch (swapped after RESET: no device holds it)
+    module = layouts.tcmu_module(layout) or "stock"
+    load = getattr(vm, "load_tcmu", None)
+    if load is not None and getattr(vm, "module", None) != module:
+        load(module)
     rc, out = vm.run(f"{cmd} >/tmp/layout.env && echo ---- && cat /tmp/layout.env",
                      env=guest_env, timeout=600)  # fmt: skip
     if rc:
