@@ -72,7 +72,7 @@ with open(target.path + "/tpgt_1/nexus", "w") as f:
 r.LUN(r.TPG(target, 1, mode="lookup"), 0, so)'
 loop_disks() {{
     for h in /sys/class/scsi_host/host*; do
-        [[ $(cat $h/proc_name 2>/dev/null) == tcm_loop ]] || continue
+        [[ $(cat $h/proc_name 2>/dev/null) == tcm_loopback ]] || continue
         ls $h/device/target*/*/block 2>/dev/null
     done
 }}
