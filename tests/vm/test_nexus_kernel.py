@@ -35,6 +35,7 @@ LOOP_WWN, LOOP_INITIATOR = "naa.5001405000000e01", "naa.5001405000000e81"
 ISCSI_TARGET = "iqn.2003-01.org.linux-iscsi.tcmu-pr:nexus"
 ISCSI_INITIATOR = "iqn.1994-05.org.example:nexus-client"
 PORTAL = "127.0.0.1:3260"
+ACL_INFO = f"/sys/kernel/config/target/iscsi/{ISCSI_TARGET}/tpgt_1/acls/{ISCSI_INITIATOR}/info"
 
 KFLAG_NEXUS, KFLAG_NEW_SESSION = 0x1, 0x2
 CAP_NEXUS = 1 << 4
@@ -72,7 +73,7 @@ with open(target.path + "/tpgt_1/nexus", "w") as f:
 r.LUN(r.TPG(target, 1, mode="lookup"), 0, so)'
 loop_disks() {{
     for h in /sys/class/scsi_host/host*; do
-        [[ $(cat $h/proc_name 2>/dev/null) == tcm_loop ]] || continue
+        [[ $(cat $h/proc_name 2>/dev/null) == tcm_loopback ]] || continue
         ls $h/device/target*/*/block 2>/dev/null
     done
 }}
@@ -114,13 +115,15 @@ for ((try = 0; try < 300; try++)); do
     for s in /sys/class/iscsi_session/session*; do
         [[ $(cat $s/targetname 2>/dev/null) == {ISCSI_TARGET} ]] || continue
         d=$(ls $s/device/target*/*/block 2>/dev/null | head -n 1) || true
-        [[ -n $d ]] && found+=("$(basename $s) $(cat $s/isid) /dev/$d")
+        [[ -n $d ]] && found+=("$(basename $s) /dev/$d")
     done
     ((${{#found[@]}} == 2)) && break
     sleep 0.2
 done
 ((${{#found[@]}} == 2)) || {{ echo "sessions: ${{found[*]}} ${{why}}"; exit 1; }}
 printf 'session %s\n' "${{found[@]}}"
+# The ISIDs as the target sees them ("ISID: 0x40 00 01 37 00 00").
+grep -o 'ISID: 0x[0-9a-f ]*' {ACL_INFO} | sed 's/ISID: 0x/isid /; s/ //g; s/isid/isid /'
 """
 
 LOGOUT = rf"""
@@ -148,8 +151,8 @@ class Rig:
     loop_disk: str = ""
     loop_rtpi: int = 0
     iscsi_rtpi: int = 0
-    #: session name -> (ISID, disk)
-    sessions: dict[str, tuple[int, str]] = field(default_factory=dict)
+    #: session name -> disk
+    sessions: dict[str, str] = field(default_factory=dict)
     handles: dict[str, int] = field(default_factory=dict)  # disk or "loop" -> handle
     off_raw: str = ""  # a TUR entry with nexus_handles=0, normalised (see normalise)
 
@@ -180,13 +183,12 @@ class Rig:
         assert "attrs" in reply, reply
         return reply["attrs"]
 
-    def login(self) -> dict[str, tuple[int, str]]:
-        found = {}
-        for line in sh(self.vm, LOGIN, timeout=300).splitlines():
-            if line.startswith("session "):
-                _, name, isid, disk = line.split()
-                found[name] = (int(isid, 16), disk)
-        return found
+    def login(self) -> tuple[dict[str, str], set[int]]:
+        """Log both sessions in: ({session: disk}, the ISIDs the target has sessions of)."""
+        out = sh(self.vm, LOGIN, timeout=300)
+        disks = dict(line.split()[1:] for line in out.splitlines() if line.startswith("session "))
+        isids = {int(line.split()[1], 16) for line in out.splitlines() if line.startswith("isid ")}
+        return disks, isids
 
 
 def normalise(raw_hex: str) -> str:
@@ -259,26 +261,29 @@ def test_two_iscsi_sessions_of_one_initiator_are_two_nexuses(rig: Rig) -> None:
     out = sh(rig.vm, ISCSI_TARGET_SETUP)
     rig.iscsi_rtpi = int(re.search(r"^rtpi (\S+)", out, re.M).group(1), 0)
     assert rig.iscsi_rtpi != rig.loop_rtpi
-    rig.sessions = rig.login()
-    isids = {isid for isid, _ in rig.sessions.values()}
-    assert len(isids) == 2 and 0 not in isids, rig.sessions
-    for isid, disk in rig.sessions.values():
+    rig.sessions, isids = rig.login()
+    assert len(isids) == 2 and 0 not in isids, (rig.sessions, isids)
+    got = set()
+    for disk in rig.sessions.values():
         entries = rig.turs(disk)
         handles = {e["handle"] for e in entries}
         assert len(handles) == 1, entries
         assert all(e["kflags"] == KFLAG_NEXUS for e in entries), entries
         handle = handles.pop()
         rig.handles[disk] = handle
-        assert rig.nexus(handle) == {
+        nexus = rig.nexus(handle)
+        got.add(nexus.pop("isid"))
+        assert nexus == {
             "device_id": rig.index, "handle": handle, "proto": PROTO_ISCSI,
-            "initiator": ISCSI_INITIATOR, "isid": isid, "target": ISCSI_TARGET, "tpgt": 1,
+            "initiator": ISCSI_INITIATOR, "target": ISCSI_TARGET, "tpgt": 1,
             "rtpi": rig.iscsi_rtpi, "sessions": 1,
         }
+    assert got == isids  # each session's handle names its own ISID
     assert len(set(rig.handles.values())) == 3, rig.handles
 
 
 def test_handles_are_stable(rig: Rig) -> None:
-    for disk in [d for _, d in rig.sessions.values()] + [rig.loop_disk]:
+    for disk in [*rig.sessions.values(), rig.loop_disk]:
         key = "loop" if disk == rig.loop_disk else disk
         entries = rig.turs(disk, count=5)
         assert {(e["kflags"], e["handle"]) for e in entries} == {(KFLAG_NEXUS, rig.handles[key])}
@@ -294,16 +299,18 @@ def test_first_command_of_a_handle_has_no_new_session_flag(rig: Rig) -> None:
 
 
 def test_logout_drops_sessions_to_zero_and_a_new_login_is_flagged_once(rig: Rig) -> None:
-    by_isid = {isid: rig.handles[disk] for isid, disk in rig.sessions.values()}
+    by_isid = {rig.nexus(rig.handles[disk])["isid"]: rig.handles[disk]
+               for disk in rig.sessions.values()}
     sh(rig.vm, LOGOUT)
     for handle in by_isid.values():
         assert rig.nexus(handle)["sessions"] == 0
     assert rig.nexus(rig.handles["loop"])["sessions"] == 1
     mark = len(rig.entries())
-    again = rig.login()
-    for isid, disk in again.values():
+    again, _ = rig.login()
+    for disk in again.values():
         entries = rig.turs(disk)
         handle = entries[0]["handle"]
+        isid = rig.nexus(handle)["isid"]
         assert {(e["kflags"], e["handle"]) for e in entries} == {(KFLAG_NEXUS, handle)}
         mine = [bool(e["kflags"] & KFLAG_NEW_SESSION) for e in rig.entries()[mark:]
                 if e["kflags"] & KFLAG_NEXUS and e["handle"] == handle]
