@@ -11,16 +11,17 @@ import errno
 
 import pytest
 from daemon_support import NEXUS_A, NEXUS_B, DaemonRig, run_cmd, write_topology
-from pr_cdbs import PREEMPT, PREEMPT_AND_ABORT, REGISTER, RESERVE, basic_list, prout, sense_code
+from pr_cdbs import basic_list, prout, sense_code
 from ring_support import rw10
 
 from tcmu_pr import scsi
 from tcmu_pr.backends import open_store
-from tcmu_pr.conflict import VERDICT_UA
 from tcmu_pr.daemon.config import DaemonConfig
+from tcmu_pr.engine.cdb import PREEMPT, PREEMPT_AND_ABORT, REGISTER, RESERVE
 from tcmu_pr.lu import LogicalUnit
 from tcmu_pr.netlink.family import Attr
 from tcmu_pr.nexus import Nexus
+from tcmu_pr.ring.abi import VERDICT_UA
 from tcmu_pr.store_spec import StoreSpec
 
 KEY_A, KEY_B = 0xAAAA, 0xBBBB

@@ -17,7 +17,8 @@ import pytest
 from ring_support import BLOCK, close_device, libasan, make_device, rw10
 
 from tcmu_pr.ring import layout as L
-from tcmu_pr.ring.loop import ERR_IOV, ERR_MAILBOX, RingError
+from tcmu_pr.ring.abi import ERR_IOV, ERR_MAILBOX
+from tcmu_pr.ring.loop import RingError
 from tcmu_pr.ring.native import NativeOps, NativeRing, load
 from tcmu_pr.ring.simulator import RingSimulator, encode_cmd_entry
 

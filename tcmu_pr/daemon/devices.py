@@ -163,15 +163,20 @@ class Device:
             unmap_granularity=unmap_granularity(self.data, self.cfg.block_size),
         )
         fd = -1
+        # Write-through promised (WCE=0): the fast path's writes must be durable at GOOD.
+        write_through = False
         if isinstance(self.data, FileDataBackend):
-            # Write-through promised (WCE=0): the fast path's writes must be durable at GOOD.
+            # O_DSYNC: each write returns once it is on stable storage, no flush needed
             flags = os.O_RDWR | os.O_CLOEXEC | (0 if p.write_cache else os.O_DSYNC)
             fd = os.open(p.config.store.path, flags)
             ring_backend: Any = fd
-        else:  # librbd acknowledges a write once the OSDs have it
+        else:
             from tcmu_pr.ring.rbd_backend import RbdRingBackend
 
             ring_backend = RbdRingBackend(self.data)  # type: ignore[arg-type]
+            # librbd's cache (on by default, write-back once it saw a flush) completes writes
+            # before the OSDs have them: the loop flushes each batch's writes before GOOD
+            write_through = not p.write_cache
         try:
             ring = make_ring(
                 self.cfg.ring,
@@ -180,6 +185,8 @@ class Device:
                 ring_backend,
                 emu.num_lbas * emu.block_size,
                 emu.block_size,
+                max_transfer=emu.max_transfer_lbas,
+                write_through=write_through,
             )
         except BaseException:
             if fd >= 0:

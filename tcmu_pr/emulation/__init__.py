@@ -23,9 +23,10 @@ from tcmu_pr.emulation import (  # fmt: skip
     provisioning,
     verify,
 )
-from tcmu_pr.emulation.cdb import CommandFailed, Reply, cdb_length, check_usage, invalid_field
+from tcmu_pr.emulation.cdb import Reply, cdb_length, check_usage, invalid_field
 from tcmu_pr.emulation.device import DeviceConfigError, DeviceInfo, lu_naa, lu_serial
 from tcmu_pr.emulation.registry import Command, Handler, Offered, enforced_mask
+from tcmu_pr.scsi import CheckCondition
 
 __all__ = [
     "DeviceConfigError",
@@ -142,6 +143,15 @@ _SERVICE_ACTIONS: dict[tuple[int, int], Command] = {
 # fmt: on
 
 
+def fixed_usage(opcode: int) -> bytes:
+    """The CDB USAGE DATA of a command whose accepted bits never depend on the device
+    (READ/WRITE): what the ring loops may serve without asking the emulation."""
+    usage = _COMMANDS[opcode].usage
+    if not isinstance(usage, str):
+        raise ValueError(f"opcode {opcode:#04x}: usage depends on the device")
+    return bytes.fromhex(usage)
+
+
 def offered(dev: DeviceInfo, backend: DataBackend) -> list[Offered]:
     """Every command ``dev`` answers on ``backend``, as REPORT SUPPORTED OPERATION CODES
     lists them."""
@@ -165,12 +175,12 @@ _SA_OPCODES = frozenset(op for op, _ in _SERVICE_ACTIONS)
 
 
 def _lookup(dev: DeviceInfo, backend: DataBackend, cdb: bytes) -> tuple[Command, int | None]:
-    """The command a CDB names and its service action; CommandFailed when not offered."""
+    """The command a CDB names and its service action; CheckCondition when not offered."""
     opcode = cdb[0]
     command = _COMMANDS.get(opcode)
     if command is not None:
         if not command.offered(dev, backend):
-            raise CommandFailed(scsi.INVALID_COMMAND_OPERATION_CODE)
+            raise CheckCondition(scsi.INVALID_COMMAND_OPERATION_CODE)
         return command, None
     if opcode in _SA_OPCODES:
         sa = cdb[1] & 0x1F
@@ -179,7 +189,7 @@ def _lookup(dev: DeviceInfo, backend: DataBackend, cdb: bytes) -> tuple[Command,
             # SPC-4: an unsupported service action of a supported opcode
             raise invalid_field((1, 4))
         return command, sa
-    raise CommandFailed(scsi.INVALID_COMMAND_OPERATION_CODE)
+    raise CheckCondition(scsi.INVALID_COMMAND_OPERATION_CODE)
 
 
 class Emulator:
@@ -206,17 +216,17 @@ class Emulator:
                 raise invalid_field()
             length = cdb_length(cdb[0])
             if length is None:
-                raise CommandFailed(scsi.INVALID_COMMAND_OPERATION_CODE)
+                raise CheckCondition(scsi.INVALID_COMMAND_OPERATION_CODE)
             if len(cdb) < length:
                 # Too short to hold its own opcode's fields; an unknown opcode still says so.
                 if cdb[0] not in _COMMANDS and cdb[0] not in _SA_OPCODES:
-                    raise CommandFailed(scsi.INVALID_COMMAND_OPERATION_CODE)
+                    raise CheckCondition(scsi.INVALID_COMMAND_OPERATION_CODE)
                 raise invalid_field()
             cdb = bytes(cdb[:length])  # the ring may hand over a longer buffer
             command, sa = _lookup(self.device, self.backend, cdb)
             check_usage(cdb, enforced_mask(command.usage_data(self.device), sa))
             data_in = command.handler(self.device, self.backend, cdb, bytes(data_out))
-        except CommandFailed as failed:
+        except CheckCondition as failed:
             return scsi.CHECK_CONDITION, failed.sense_bytes(), None
         except OSError:
             reading = command is not None and command.reads_medium

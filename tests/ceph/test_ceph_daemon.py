@@ -7,11 +7,12 @@ from __future__ import annotations
 import pytest
 from conftest import rbd_store
 from daemon_support import NEXUS_A, NEXUS_B, DaemonRig, run_cmd, write_topology
-from pr_cdbs import REGISTER, RESERVE, basic_list, prout
+from pr_cdbs import basic_list, prout
 from ring_support import rw10
 
 from tcmu_pr import codec, scsi
 from tcmu_pr.daemon.config import DaemonConfig
+from tcmu_pr.engine.cdb import REGISTER, RESERVE
 
 pytestmark = pytest.mark.ceph
 
