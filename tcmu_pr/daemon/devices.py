@@ -161,6 +161,8 @@ class Device:
             write_cache=p.write_cache,
             rtpi=p.placement.rtpi,
             unmap_granularity=unmap_granularity(self.data, self.cfg.block_size),
+            # PR IN/OUT go to the LU's engine, which needs this device's nexus
+            persistent_reservations=p.placement.nexus is not None,
         )
         fd = -1
         # Write-through promised (WCE=0): the fast path's writes must be durable at GOOD.
