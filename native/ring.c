@@ -4,11 +4,12 @@
  * Serves READ/WRITE(6/10/12/16) straight from the ring's iovecs (no copy) after checking
  * the device's PR verdict; hands every other command to Python, and so every READ/WRITE the
  * Python emulation would refuse for a reason other than its LBA range (a CDB bit outside its
- * usage data, a transfer over MAXIMUM TRANSFER LENGTH): one place forms those answers. The ring is shared with
- * the kernel and nothing in it is trusted: every offset, length and count read from it is
- * bounds-checked against the mapping before use, CDBs and iovecs are copied out before
- * they are checked (so a concurrent change cannot slip past a check), and a structurally
- * corrupt ring stops the loop with an error code instead of looping or scribbling.
+ * usage data, a transfer over MAXIMUM TRANSFER LENGTH): one place forms those answers. The
+ * ring is shared with the kernel and nothing in it is trusted: every offset, length and
+ * count read from it is bounds-checked against the mapping before use, CDBs and iovecs are
+ * copied out before they are checked (so a concurrent change cannot slip past a check), and
+ * a structurally corrupt ring stops the loop with an error code instead of looping or
+ * scribbling.
  */
 #define _GNU_SOURCE
 #include "ring.h"
@@ -468,7 +469,7 @@ static int is_pr_changer(uint8_t op)
 
 /*
  * The CDB bits the fast path serves, per READ/WRITE size: the emulation's CDB USAGE DATA
- * (tcmu_pr/emulation/__init__.py; tests/test_ring_abi.py pins the two together). DPO, FUA,
+ * (tcmu_pr/emulation/__init__.py; tests/test_ring_vs_emulation.py pins the two). DPO, FUA,
  * LBA and TRANSFER LENGTH; any other bit (RD/WRPROTECT, GROUP NUMBER, reserved, obsolete,
  * CONTROL) sends the command to Python, which refuses it with a field pointer. Byte 0 (the
  * opcode) is matched by the switch, not here.

@@ -89,9 +89,10 @@ SG3_TOOLS = [
 ]  # fmt: skip
 #: Data files for the tools above: one 512-byte compare block of zeros then one write block
 #: (COMPARE AND WRITE takes both in one buffer), and 8 blocks for WRITE AND VERIFY.
-SG3_DATA = (
-    "head -c 512 /dev/zero > /tmp/caw.bin && yes tcmu-pr | head -c 512 >> /tmp/caw.bin && "
-    "yes write-and-verify | head -c 4096 > /tmp/wv.bin"
+SG3_DATA = (  # printf, not yes | head: the VM's shell has pipefail, and yes dies of SIGPIPE
+    "head -c 512 /dev/zero > /tmp/caw.bin && printf 'tcmu-pr!%.0s' $(seq 64) >> /tmp/caw.bin"
+    " && printf 'write-and-verify%.0s' $(seq 256) > /tmp/wv.bin"
+    " && stat -c %s /tmp/caw.bin /tmp/wv.bin"
 )
 
 
@@ -128,7 +129,7 @@ def test_commands_answer_as_sbc4_says_next_to_lio_and_tcmu_runner(vm):
 def test_sg3_utils_tools_against_ours(vm):
     env = layouts.setup(vm, "loopback-mpath:ours@file", fresh=True)
     rc, out = vm.run(SG3_DATA, env=env, timeout=60)
-    assert rc == 0, out
+    assert (rc, out.split()) == (0, ["1024", "4096"]), out
     failed = {}
     for tool, want in SG3_TOOLS:
         rc, out = vm.run(f"{tool} ${{TCMU_PR_PATHS%% *}}", env=env, timeout=120)
