@@ -15,10 +15,12 @@
  *
  * Input layout (big-endian; missing bytes read as 0): sel u8 (bit 0: allow an unaligned ring
  * size, bit 1: cmdr_off byte follows, bit 2: cmd_tail follows, bit 3: no data-in answers,
- * bit 4: the backend has submit/reap, bit 5: and refuses every submit, bit 6: nexus mode),
+ * bit 4: the backend has submit/reap, bit 5: and refuses every submit, bit 6: write-through,
+ * bit 7: a MAXIMUM TRANSFER LENGTH byte follows the verdict),
  * cmdr_size-64 u16, data_size u16, [cmdr_off-128 u8], the ring and data area bytes, flags
- * u8, [cmd_tail u16], cmd_head u16, device blocks u16, verdict u8, [nexus mode: slot count
- * u8, then per slot handle u16 + verdict u8], then per punt round:
+ * u8, [cmd_tail u16], cmd_head u16, device blocks u16, verdict u8 (bit 3: nexus mode),
+ * [max transfer u8], [nexus mode: slot count u8, then per slot handle u16 + verdict u8],
+ * then per punt round:
  * rewrites (count u8, then offset u16 + byte each), per punt data-in length u16, sense
  * length u8, status u8.
  */
@@ -66,9 +68,12 @@ static ssize_t mem_writev(void *b, const struct iovec *iov, int cnt, uint64_t of
 	return xfer(iov, cnt, off, 1);
 }
 
+static unsigned long flushes;
+
 static int mem_flush(void *b)
 {
 	(void)b;
+	flushes++;
 	return 0;
 }
 
@@ -171,8 +176,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		free(map);
 		return 0;
 	}
-	ctx.verdict = take(&in, 1) & 7;
-	if (sel & 0x40) { /* per-handle verdicts; handles past the table are ignored */
+	uint32_t vbyte = take(&in, 1);
+
+	ctx.verdict = vbyte & 7;
+	/* the device's Block Limits and Caching pages: over-long transfers are punted, and
+	 * write-through flushes before GOOD */
+	if (tcmu_ring_configure(&ctx, sel & 0x80 ? take(&in, 1) : 0, sel & 0x40))
+		abort();
+	unsigned long flushes_before = flushes;
+	if (vbyte & 0x08) { /* per-handle verdicts; handles past the table are ignored */
 		tcmu_ring_nexus_mode(&ctx, 1);
 		for (uint32_t k = take(&in, 1) % 8; k; k--) {
 			uint32_t h = take(&in, 2);
@@ -229,6 +241,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (tcmu_ring_commit(&ctx))
 			abort(); /* every punt was completed */
 	}
+	if (flushes - flushes_before != ctx.stats.flushes)
+		abort(); /* the loop counts every flush it makes, and makes none it does not count */
 	free(map);
 	return 0;
 }
@@ -245,6 +259,17 @@ static uint64_t rng(void)
 	rng_state ^= rng_state << 17;
 	return rng_state;
 }
+
+/* Boundary values, and the opcodes the emulation answers (so that a mutated opcode byte
+ * often names a real command): READ/WRITE, VERIFY and WRITE AND VERIFY (10/12/16),
+ * ORWRITE, COMPARE AND WRITE, WRITE SAME (10/16), UNMAP, SERVICE ACTION IN(16) (GET LBA
+ * STATUS), SYNCHRONIZE CACHE (10/16), MAINTENANCE IN (REPORT SUPPORTED OPERATION CODES),
+ * PERSISTENT RESERVE IN/OUT, variable length. */
+static const uint8_t interesting[] = {
+	0,    0xff, 0x7f, 0x80, 8,    0x0a, 0x28, 0x2a, 0xa8, 0xaa, 0x88, 0x8a, 0x2f,
+	0xaf, 0x8f, 0x2e, 0xae, 0x8e, 0x8b, 0x89, 0x41, 0x93, 0x42, 0x9e, 0x12, 0x35,
+	0x91, 0xa3, 0x0c, 0x5e, 0x5f, 0x18, 0x20, 0x08, 0x02, 0x01, 0x10, 0xe0,
+};
 
 int main(int argc, char **argv)
 {
@@ -270,7 +295,7 @@ int main(int argc, char **argv)
 				switch (rng() % 4) {
 				case 0: buf[at] = (uint8_t)rng(); break;
 				case 1: buf[at] ^= (uint8_t)(1u << (rng() % 8)); break;
-				case 2: buf[at] = (uint8_t[]){ 0, 0xff, 0x7f, 0x80, 8 }[rng() % 5]; break;
+				case 2: buf[at] = interesting[rng() % sizeof(interesting)]; break;
 				default: len = at + 1; break; /* truncate */
 				}
 			}

@@ -2,11 +2,14 @@
  * tcmu-pr native command-ring loop.
  *
  * Serves READ/WRITE(6/10/12/16) straight from the ring's iovecs (no copy) after checking
- * the device's PR verdict; hands every other command to Python. The ring is shared with
- * the kernel and nothing in it is trusted: every offset, length and count read from it is
- * bounds-checked against the mapping before use, CDBs and iovecs are copied out before
- * they are checked (so a concurrent change cannot slip past a check), and a structurally
- * corrupt ring stops the loop with an error code instead of looping or scribbling.
+ * the device's PR verdict; hands every other command to Python, and so every READ/WRITE the
+ * Python emulation would refuse for a reason other than its LBA range (a CDB bit outside its
+ * usage data, a transfer over MAXIMUM TRANSFER LENGTH): one place forms those answers. The
+ * ring is shared with the kernel and nothing in it is trusted: every offset, length and
+ * count read from it is bounds-checked against the mapping before use, CDBs and iovecs are
+ * copied out before they are checked (so a concurrent change cannot slip past a check), and
+ * a structurally corrupt ring stops the loop with an error code instead of looping or
+ * scribbling.
  */
 #define _GNU_SOURCE
 #include "ring.h"
@@ -34,7 +37,11 @@ _Static_assert(offsetof(struct tcmu_cmd_entry, rsp.sense_buffer) == 16, "sense")
 _Static_assert(sizeof(struct tcmu_cmd_entry) == 112, "entry size");
 _Static_assert(sizeof(struct iovec) == 16, "iovec");
 
-#define ENTRY_IOV_OFF 48u
+#define ENTRY_IOV_CNT_OFF RING_REQ_IOV_CNT
+#define ENTRY_CDB_OFF RING_REQ_CDB_OFF
+#define ENTRY_KFLAGS_OFF RING_HDR_KFLAGS
+#define ENTRY_NEXUS_OFF RING_REQ_NEXUS_HANDLE
+#define ENTRY_IOV_OFF ((uint32_t)RING_REQ_IOV)
 #define ENTRY_MIN_LEN ((uint32_t)sizeof(struct tcmu_cmd_entry))
 #define IOV_CHUNK RING_IOV_CHUNK
 
@@ -255,7 +262,7 @@ static void kick(struct ring_ctx *ctx)
  */
 static int64_t entry_iov_cnt(struct ring_ctx *ctx, const uint8_t *ent, uint32_t len)
 {
-	uint32_t cnt = load_u32(ent + 8);
+	uint32_t cnt = load_u32(ent + ENTRY_IOV_CNT_OFF);
 
 	if (len < ENTRY_IOV_OFF || cnt > (len - ENTRY_IOV_OFF) / sizeof(struct iovec))
 		return -1;
@@ -375,14 +382,29 @@ static int data_io(struct ring_ctx *ctx, const uint8_t *ent, uint32_t cnt, int w
 	return 0;
 }
 
-/* Answer every submitted command, in submission order. */
+/*
+ * Answer every submitted command, in submission order. Under write-through the batch's
+ * writes get one flush, after all of them completed and before any is answered GOOD.
+ */
 static void reap_all(struct ring_ctx *ctx)
 {
+	int wrote = 0, flush_failed = 0;
+
 	for (uint32_t i = 0; i < ctx->n_inflight; i++) {
 		struct ring_inflight *f = &ctx->inflight[i];
 		ssize_t r = ctx->ops->reap(ctx->backend, f->h);
 
-		if (r >= 0 && (uint64_t)r == f->bytes)
+		f->ok = r >= 0 && (uint64_t)r == f->bytes;
+		wrote |= f->ok && f->write;
+	}
+	if (wrote && ctx->write_through) {
+		ctx->stats.flushes++;
+		flush_failed = ctx->ops->flush(ctx->backend) != 0;
+	}
+	for (uint32_t i = 0; i < ctx->n_inflight; i++) {
+		struct ring_inflight *f = &ctx->inflight[i];
+
+		if (f->ok && !(f->write && flush_failed))
 			write_rsp(f->ent, ST_GOOD, NULL, 0);
 		else
 			fail_io(ctx, f->ent, f->write);
@@ -477,20 +499,84 @@ static uint32_t entry_verdict(struct ring_ctx *ctx, uint64_t handle, uint8_t kfl
 	return v;
 }
 
+/*
+ * The CDB bits the fast path serves, per READ/WRITE size: the emulation's CDB USAGE DATA
+ * (tcmu_pr/emulation/__init__.py; tests/test_ring_vs_emulation.py pins the two). DPO, FUA,
+ * LBA and TRANSFER LENGTH; any other bit (RD/WRPROTECT, GROUP NUMBER, reserved, obsolete,
+ * CONTROL) sends the command to Python, which refuses it with a field pointer. Byte 0 (the
+ * opcode) is matched by the switch, not here.
+ */
+static const uint8_t rw6_usage[16] = { 0xff, 0x1f, 0xff, 0xff, 0xff, 0x00 };
+static const uint8_t rw10_usage[16] = { 0xff, 0x18, 0xff, 0xff, 0xff, 0xff, 0x00, 0xff, 0xff };
+static const uint8_t rw12_usage[16] = { 0xff, 0x18, 0xff, 0xff, 0xff, 0xff,
+					0xff, 0xff, 0xff, 0xff, 0x00, 0x00 };
+static const uint8_t rw16_usage[16] = { 0xff, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+					0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00, 0x00 };
+
+/* The usage data of a READ/WRITE opcode and its CDB length; NULL for other opcodes. */
+static const uint8_t *rw_usage(uint8_t op, int *len)
+{
+	switch (op) {
+	case 0x08: /* READ(6) */
+	case 0x0a: /* WRITE(6) */
+		*len = 6;
+		return rw6_usage;
+	case 0x28: /* READ(10) */
+	case 0x2a:
+		*len = 10;
+		return rw10_usage;
+	case 0xa8: /* READ(12) */
+	case 0xaa:
+		*len = 12;
+		return rw12_usage;
+	case 0x88: /* READ(16) */
+	case 0x8a:
+		*len = 16;
+		return rw16_usage;
+	}
+	return NULL;
+}
+
+/* Any CDB bit outside the usage data (bytes 1 on; the opcode was matched). */
+static inline int outside_usage(const uint8_t *cdb, const uint8_t *usage, int len)
+{
+	uint8_t extra = 0;
+
+	for (int i = 1; i < len; i++)
+		extra |= cdb[i] & (uint8_t)~usage[i];
+	return extra != 0;
+}
+
+/* Hand a command to Python; a PR change, a pending unit attention or (nexus mode) a
+ * handle Python has not resolved yet ends the batch. */
+static enum disposition punt(struct ring_ctx *ctx, const uint8_t *cdb, int clen,
+			     uint64_t handle, uint8_t kflags)
+{
+	enum unknown why;
+	uint32_t v = entry_verdict(ctx, handle, kflags, &why);
+
+	if (clen > 0 && is_pr_changer(cdb[0]))
+		return PUNT_AND_STOP;
+	if (why != KNOWN)
+		return why == UNRESOLVED ? PUNT_AND_STOP : PUNT;
+	return (v & RING_VERDICT_UA) ? PUNT_AND_STOP : PUNT;
+}
+
 static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *ent,
 				  uint32_t len, int expired, uint64_t *handle, uint8_t *kflags)
 {
 	const uint8_t *raw = (const uint8_t *)ent;
+	const uint8_t *usage;
 	uint8_t cdb[16];
-	uint64_t cdb_off = load_u64(raw + 24);
+	uint64_t cdb_off = load_u64(raw + ENTRY_CDB_OFF);
 	int64_t cnt = entry_iov_cnt(ctx, raw, len);
 	uint64_t lba, blocks;
-	int write, fua = 0;
+	int write, fua, usage_len;
 	enum unknown why;
 
 	/* read once: what the fast path decides on is what Python is told (tcmu_ring_nexus) */
-	*kflags = load_u8(raw + 6);
-	*handle = (*kflags & TCMU_KFLAG_NEXUS) ? load_u64(raw + 32) & INT64_MAX : 0;
+	*kflags = load_u8(raw + ENTRY_KFLAGS_OFF);
+	*handle = (*kflags & TCMU_KFLAG_NEXUS) ? load_u64(raw + ENTRY_NEXUS_OFF) & INT64_MAX : 0;
 
 	if (cnt < 0) {
 		fail(ctx, ent, SENSE_INTERNAL_TARGET_FAILURE);
@@ -502,45 +588,33 @@ static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *e
 		fail(ctx, ent, SENSE_INVALID_FIELD_IN_CDB);
 		return DONE;
 	}
-	switch (clen < 0 ? -1 : cdb[0]) { /* a CDB longer than 16 bytes is never fast */
-	case 0x08: /* READ(6) */
-	case 0x0a: /* WRITE(6) */
+	/* a CDB longer than 16 bytes is never fast */
+	usage = clen > 0 ? rw_usage(cdb[0], &usage_len) : NULL;
+	if (!usage)
+		return punt(ctx, cdb, clen, *handle, *kflags);
+	switch (usage_len) {
+	case 6:
 		lba = be(cdb + 1, 3) & 0x1fffff;
 		blocks = cdb[4] ? cdb[4] : 256;
 		break;
-	case 0x28: /* READ(10) */
-	case 0x2a:
+	case 10:
 		lba = be(cdb + 2, 4);
 		blocks = be(cdb + 7, 2);
 		break;
-	case 0xa8: /* READ(12) */
-	case 0xaa:
+	case 12:
 		lba = be(cdb + 2, 4);
 		blocks = be(cdb + 6, 4);
 		break;
-	case 0x88: /* READ(16) */
-	case 0x8a:
+	default:
 		lba = be(cdb + 2, 8);
 		blocks = be(cdb + 10, 4);
 		break;
-	default: {
-		uint32_t v = entry_verdict(ctx, *handle, *kflags, &why);
-
-		if (clen > 0 && is_pr_changer(cdb[0]))
-			return PUNT_AND_STOP;
-		if (why != KNOWN)
-			return why == UNRESOLVED ? PUNT_AND_STOP : PUNT;
-		return (v & RING_VERDICT_UA) ? PUNT_AND_STOP : PUNT;
 	}
-	}
+	/* what the emulation refuses before the range check, it answers itself */
+	if (outside_usage(cdb, usage, usage_len) || blocks > ctx->max_transfer)
+		return punt(ctx, cdb, clen, *handle, *kflags);
 	write = (cdb[0] & 0x0f) == 0x0a;
-	if (cdb[0] & 0xe0) { /* 10/12/16: RDPROTECT/WRPROTECT need PI, which we lack */
-		if (cdb[1] & 0xe0) {
-			fail(ctx, ent, SENSE_INVALID_FIELD_IN_CDB);
-			return DONE;
-		}
-		fua = write && (cdb[1] & 0x08);
-	}
+	fua = write && usage_len > 6 && (cdb[1] & 0x08);
 
 	uint32_t v = entry_verdict(ctx, *handle, *kflags, &why);
 
@@ -558,12 +632,14 @@ static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *e
 
 	uint64_t nblocks = ctx->dev_size / ctx->block_size;
 
-	if (lba > nblocks || blocks > nblocks - lba) {
+	/* the LBA must name a block even when nothing moves (SBC-4 4.5, as the emulation) */
+	if (lba >= nblocks || blocks > nblocks - lba) {
 		fail(ctx, ent, SENSE_LBA_OUT_OF_RANGE);
 		return DONE;
 	}
 	ctx->stats.fast++;
-	/* FUA needs its own flush after its data: that one takes the synchronous path */
+	/* FUA needs its own flush after its data: that one takes the synchronous path;
+	 * write-through writes are flushed per batch when reaped */
 	if (ctx->ops->submit && !fua &&
 	    submit_cmd(ctx, ent, (uint32_t)cnt, write, lba * ctx->block_size,
 		       blocks * ctx->block_size))
@@ -572,8 +648,11 @@ static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *e
 		reap_all(ctx);
 	int r = data_io(ctx, raw, (uint32_t)cnt, write, lba * ctx->block_size,
 			blocks * ctx->block_size);
-	if (r == 0 && fua && ctx->ops->flush(ctx->backend))
-		r = -2;
+	if (r == 0 && (fua || (write && ctx->write_through))) {
+		ctx->stats.flushes++;
+		if (ctx->ops->flush(ctx->backend))
+			r = -2;
+	}
 	if (r == -1)
 		fail(ctx, ent, SENSE_INTERNAL_TARGET_FAILURE);
 	else if (r == -2)
@@ -618,9 +697,31 @@ int tcmu_ring_init(struct ring_ctx *ctx, void *map, uint64_t map_size, int kick_
 	ctx->backend = backend;
 	ctx->dev_size = dev_size;
 	ctx->block_size = block_size;
+	ctx->max_transfer = UINT32_MAX;
 	ctx->verdict = RING_VERDICT_READ | RING_VERDICT_WRITE;
 	ctx->scan = tail;
 	return 0;
+}
+
+int tcmu_ring_configure(struct ring_ctx *ctx, uint32_t max_transfer, int write_through)
+{
+	if (!ctx || !ctx->map)
+		return -EINVAL;
+	ctx->max_transfer = max_transfer ? max_transfer : UINT32_MAX;
+	ctx->write_through = !!write_through;
+	return 0;
+}
+
+int tcmu_ring_rw_usage(uint8_t opcode, uint8_t *out)
+{
+	int len;
+	const uint8_t *usage = rw_usage(opcode, &len);
+
+	if (!usage || !out)
+		return -EINVAL;
+	memcpy(out, usage, 16);
+	out[0] = opcode;
+	return len;
 }
 
 int tcmu_ring_commit(struct ring_ctx *ctx)
@@ -792,7 +893,7 @@ int tcmu_ring_cdb(struct ring_ctx *ctx, uint32_t entry_off, uint8_t *buf, uint32
 	const uint8_t *ent;
 	int64_t len = pending_entry(ctx, entry_off, &ent);
 
-	return len < 0 ? (int)len : read_cdb(ctx, load_u64(ent + 24), buf, buflen);
+	return len < 0 ? (int)len : read_cdb(ctx, load_u64(ent + ENTRY_CDB_OFF), buf, buflen);
 }
 
 /* Walk a pending entry's iovecs; copy out (to buf) or in (from data). */

@@ -80,6 +80,21 @@ struct tcmu_cmd_entry {
 	};
 } __attribute__((packed));
 
+/* Offsets the loop reads and writes, from the structs above; Python's tcmu_pr/ring/layout.py
+ * has the same numbers and tests/test_ring_abi.py compares the two through cffi. */
+#define RING_MB_CMD_HEAD offsetof(struct tcmu_mailbox, cmd_head)
+#define RING_MB_CMD_TAIL offsetof(struct tcmu_mailbox, cmd_tail)
+#define RING_MAILBOX_SIZE sizeof(struct tcmu_mailbox)
+#define RING_REQ_IOV_CNT offsetof(struct tcmu_cmd_entry, req.iov_cnt)
+#define RING_REQ_CDB_OFF offsetof(struct tcmu_cmd_entry, req.cdb_off)
+#define RING_REQ_NEXUS_HANDLE offsetof(struct tcmu_cmd_entry, req.nexus_handle)
+#define RING_HDR_KFLAGS offsetof(struct tcmu_cmd_entry_hdr, kflags)
+#define RING_REQ_IOV offsetof(struct tcmu_cmd_entry, req.iov)
+#define RING_RSP_SCSI_STATUS offsetof(struct tcmu_cmd_entry, rsp.scsi_status)
+#define RING_RSP_READ_LEN offsetof(struct tcmu_cmd_entry, rsp.read_len)
+#define RING_RSP_SENSE offsetof(struct tcmu_cmd_entry, rsp.sense_buffer)
+#define RING_ENTRY_SIZE sizeof(struct tcmu_cmd_entry)
+
 /* ---- backend ops: how the fast path reaches the data ----------------------------- */
 
 /*
@@ -116,7 +131,12 @@ const struct ring_backend_ops *tcmu_ring_file_deferred_ops(void);
 
 /* ---- the loop ---------------------------------------------------------------------- */
 
-/* Bits of ctx->verdict (the same values as tcmu_pr.conflict.VERDICT_*). */
+/*
+ * Numbers Python shares (tcmu_pr/ring/abi.py mirrors them for the pure-Python loop;
+ * tests/test_ring_abi.py reads these through the cffi module and pins the two together).
+ */
+
+/* Bits of ctx->verdict (tcmu_pr.conflict.verdict computes the word). */
 #define RING_VERDICT_READ 1u
 #define RING_VERDICT_WRITE 2u
 #define RING_VERDICT_UA 4u
@@ -146,6 +166,7 @@ struct ring_inflight {
 	void *h;
 	uint64_t bytes; /* what the command moves: anything less is an error */
 	int write;
+	int ok; /* reaped, all bytes moved */
 	struct iovec iov[RING_IOV_CHUNK];
 };
 
@@ -159,6 +180,7 @@ struct ring_stats {
 	uint64_t pads;
 	uint64_t kicks;
 	uint64_t submitted; /* fast-path commands that went through submit/reap */
+	uint64_t flushes;   /* backend flushes the fast path made (FUA, write-through) */
 };
 
 struct ring_ctx {
@@ -173,6 +195,12 @@ struct ring_ctx {
 	void *backend;
 	uint64_t dev_size; /* bytes */
 	uint32_t block_size;
+	/* Block Limits MAXIMUM TRANSFER LENGTH (blocks): a longer READ/WRITE goes to Python,
+	 * which refuses it as the emulation does. Init sets UINT32_MAX (no limit). */
+	uint32_t max_transfer;
+	/* The Caching mode page says WCE=0 and the backend's writes are not durable when they
+	 * complete (librbd with its cache): flush after every write before GOOD. */
+	uint32_t write_through;
 	/* PR verdict (RING_VERDICT_*), written by Python, read before every data command */
 	uint32_t verdict;
 	uint32_t scan;      /* next entry to look at (ring offset); cmd_tail lags until commit */
@@ -256,6 +284,16 @@ int64_t tcmu_ring_nexus(struct ring_ctx *ctx, uint32_t entry_off);
 
 /* hdr.kflags of a pending entry as read when it was scanned, or RING_ERR_NOT_CMD. */
 int tcmu_ring_kflags(struct ring_ctx *ctx, uint32_t entry_off);
+
+/* What the fast path must honour of the device's SCSI face: MAXIMUM TRANSFER LENGTH in
+ * blocks (0: no limit) and whether writes must be flushed before GOOD (WCE=0 on a backend
+ * whose completed writes may sit in a cache). 0 or -EINVAL. */
+int tcmu_ring_configure(struct ring_ctx *ctx, uint32_t max_transfer, int write_through);
+
+/* The CDB USAGE DATA the fast path accepts for a READ/WRITE opcode (what it serves rather
+ * than punts), copied into out (16 bytes); returns the CDB length, or -EINVAL for another
+ * opcode. For the test that pins it to the emulation's REPORT SUPPORTED OPERATION CODES. */
+int tcmu_ring_rw_usage(uint8_t opcode, uint8_t *out);
 
 /* Publish cmd_tail up to the scan point and kick the kernel; 0 or RING_ERR_PENDING. */
 int tcmu_ring_commit(struct ring_ctx *ctx);

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from tcmu_pr import scsi
 from tcmu_pr.nexus import Nexus
+from tcmu_pr.ring.abi import VERDICT_READ, VERDICT_UA, VERDICT_WRITE
 from tcmu_pr.state import (
     ALL_REGISTRANTS_TYPES,
     EXCLUSIVE_ACCESS,
@@ -51,13 +52,6 @@ from tcmu_pr.state import (
     WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
     PRState,
 )
-
-#: READ(6/10/12/16/32) may run on this nexus.
-VERDICT_READ = 1
-#: WRITE(6/10/12/16/32) may run on this nexus.
-VERDICT_WRITE = 2
-#: A unit attention is pending for this nexus: hand every command to Python.
-VERDICT_UA = 4
 
 # Access classes: which row of the table a command is in.
 ALWAYS = 0  # allowed from every I_T nexus (INQUIRY, REPORT LUNS, PR IN, ...)

@@ -93,15 +93,6 @@ class Nexus:
         return int(self.tpgt, 16)
 
     @property
-    def initiator_port(self) -> tuple[str, int]:
-        """What identifies the initiator port: name plus ISID (ISID 0 for FC/SAS)."""
-        return (self.initiator, self.isid_value)
-
-    @property
-    def target_port(self) -> tuple[str, int]:
-        return (self.target, self.tpgt_value)
-
-    @property
     def protocol(self) -> int:
         """SCSI protocol of the initiator port, inferred from the name's form.
 

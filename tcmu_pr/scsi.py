@@ -1,7 +1,9 @@
-"""SCSI constants, sense data and the one result type every command handler returns.
+"""SCSI constants, sense data, the one result type every command handler returns and the
+one exception that ends a command with CHECK CONDITION.
 
-Kept free of I/O: the engine, the conflict check and the ring's Python fallback all
-build their answers from these helpers, so sense bytes are formed in exactly one place.
+Kept free of I/O: the engine, the conflict check, the emulation and the ring's Python
+fallback all build their answers from these helpers, so sense bytes are formed in exactly
+one place.
 """
 
 from __future__ import annotations
@@ -98,6 +100,41 @@ PR_UPDATE_CONTENTION = Sense(ABORTED_COMMAND, 0x2C, 0x00)
 MISCOMPARE_DURING_VERIFY = Sense(MISCOMPARE, 0x1D, 0x00)
 WRITE_ERROR = Sense(MEDIUM_ERROR, 0x0C, 0x00)
 READ_ERROR = Sense(MEDIUM_ERROR, 0x11, 0x00)
+#: No SCSI-level reason: the ring entry itself was unusable, or answering failed inside us.
+INTERNAL_TARGET_FAILURE = Sense(HARDWARE_ERROR, 0x44, 0x00)
+
+
+class CheckCondition(Exception):
+    """End the command with CHECK CONDITION and ``sense``; nothing has been changed.
+
+    The one way every layer (PR engine, emulation, ring loops) refuses a command: checks
+    raise it top to bottom like the standard's "shall terminate" clauses, and whoever owns
+    the answer turns it into sense bytes.  ``why`` is for logs and tests; ``info`` fills
+    INFORMATION (VALID set); ``field`` = (byte, bit) of the CDB bit at fault fills the
+    sense-key specific FIELD POINTER, so a host can tell which bit we refused.
+    """
+
+    def __init__(
+        self,
+        sense: Sense,
+        why: str = "",
+        *,
+        info: int | None = None,
+        field: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(why or sense)
+        self.sense = sense
+        self.info = info
+        self.field = field
+
+    def sense_bytes(self) -> bytes:
+        """Fixed-format sense data with INFORMATION and the CDB field pointer when known."""
+        buf = bytearray(self.sense.to_bytes(info=self.info))
+        if self.field is not None:
+            byte, bit = self.field
+            buf[15] = 0x80 | 0x40 | 0x08 | bit  # SKSV, C/D = CDB, BPV, BIT POINTER
+            buf[16:18] = byte.to_bytes(2, "big")
+        return bytes(buf)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +158,10 @@ class Outcome:
     @classmethod
     def check(cls, state: PRState, sense: Sense) -> Outcome:
         return cls(state, CHECK_CONDITION, sense.to_bytes())
+
+    @classmethod
+    def refused(cls, state: PRState, refusal: CheckCondition) -> Outcome:
+        return cls(state, CHECK_CONDITION, refusal.sense_bytes())
 
     @classmethod
     def conflict(cls, state: PRState) -> Outcome:

@@ -2,15 +2,11 @@
 
 Deliberately independent of tcmu_pr.engine.cdb and tcmu_pr.transport_id: the tests build
 bytes the way an initiator (sg_persist) would, and check what the engine makes of them.
+Service-action codes are the engine's names (tcmu_pr.engine.cdb, one definition), pinned to
+SPC-4's numbers by tests/test_engine_pr_out.py.
 """
 
 from __future__ import annotations
-
-# PR OUT service actions (SPC-4 §6.16.2).
-REGISTER, RESERVE, RELEASE, CLEAR, PREEMPT, PREEMPT_AND_ABORT = 0, 1, 2, 3, 4, 5
-REGISTER_AND_IGNORE, REGISTER_AND_MOVE, REPLACE_LOST = 6, 7, 8
-# PR IN service actions (SPC-4 §6.15.1).
-READ_KEYS, READ_RESERVATION, REPORT_CAPABILITIES, READ_FULL_STATUS = 0, 1, 2, 3
 
 
 def prout_cdb(sa: int, type_: int = 0, scope: int = 0, plen: int = 24) -> bytes:

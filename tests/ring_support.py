@@ -50,9 +50,17 @@ class Device:
 
 
 def make_device(
-    kind: str, tmp_path, *, size: int = 1 << 20, module=None, image=None, **sim_args
+    kind: str,
+    tmp_path,
+    *,
+    size: int = 1 << 20,
+    module=None,
+    image=None,
+    ring_args: dict | None = None,
+    **sim_args,
 ) -> Device:
-    """A device of ``size`` bytes backed by ``image`` (default: a new file in tmp_path)."""
+    """A device of ``size`` bytes backed by ``image`` (default: a new file in tmp_path);
+    ``ring_args`` go to the loop (max_transfer, write_through)."""
     sim = RingSimulator(**sim_args)
     path = image or tmp_path / f"disk-{kind}.img"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -63,12 +71,12 @@ def make_device(
 
         ring: RingLoop = NativeRing(
             sim.mm, sim.kick_fd, fd, size, BLOCK, module=module,
-            deferred=kind == "native-deferred",
+            deferred=kind == "native-deferred", **(ring_args or {}),
         )  # fmt: skip
     else:
         from tcmu_pr.ring.pyloop import PyRing
 
-        ring = PyRing(sim.mm, sim.kick_fd, fd, size, BLOCK)
+        ring = PyRing(sim.mm, sim.kick_fd, fd, size, BLOCK, **(ring_args or {}))
     return Device(sim, fd, size, ring)
 
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tcmu_pr import conflict
-from tcmu_pr.conflict import VERDICT_READ, VERDICT_UA, VERDICT_WRITE, allowed, verdict
+from tcmu_pr.conflict import allowed, verdict
 from tcmu_pr.nexus import Nexus
+from tcmu_pr.ring.abi import VERDICT_READ, VERDICT_UA, VERDICT_WRITE
 from tcmu_pr.state import (
     PR_TYPES,
     UA_RESERVATIONS_RELEASED,
@@ -378,4 +378,3 @@ def test_verdict_words() -> None:
     ua = PRState(unit_attentions=(UnitAttention(OTHER, *UA_RESERVATIONS_RELEASED),))
     assert verdict(ua, OTHER) == VERDICT_READ | VERDICT_WRITE | VERDICT_UA
     assert verdict(ua, REGISTRANT) == VERDICT_READ | VERDICT_WRITE
-    assert (conflict.VERDICT_READ, conflict.VERDICT_WRITE, conflict.VERDICT_UA) == (1, 2, 4)

@@ -8,7 +8,7 @@ import pytest
 
 from tcmu_pr.backends.base import StoreOptions
 from tcmu_pr.daemon import config, topology
-from tcmu_pr.daemon.config import ConfigError, DaemonConfig
+from tcmu_pr.daemon.config import DaemonConfig, DaemonConfigError
 from tcmu_pr.daemon.topology import Placement, TopologyEntry, TopologyError, place
 from tcmu_pr.nexus import Nexus
 from tcmu_pr.store_spec import StoreSpec
@@ -23,7 +23,7 @@ RBD = StoreSpec.parse("rbd:p/i")
 def test_missing_default_file_means_defaults(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "DEFAULT_PATH", tmp_path / "absent.conf")
     assert config.load() == DaemonConfig()
-    with pytest.raises(ConfigError, match="no such configuration file"):
+    with pytest.raises(DaemonConfigError, match="no such configuration file"):
         config.load(tmp_path / "absent.conf")
 
 
@@ -67,7 +67,7 @@ def test_values_are_read():
     ],
 )
 def test_errors_name_the_key(text, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(DaemonConfigError, match=message):
         config.parse(text, source="x.conf")
 
 

@@ -11,16 +11,17 @@ import errno
 
 import pytest
 from daemon_support import NEXUS_A, NEXUS_B, DaemonRig, run_cmd, write_topology
-from pr_cdbs import PREEMPT, PREEMPT_AND_ABORT, REGISTER, RESERVE, basic_list, prout, sense_code
+from pr_cdbs import basic_list, prout, sense_code
 from ring_support import rw10
 
 from tcmu_pr import scsi
 from tcmu_pr.backends import open_store
-from tcmu_pr.conflict import VERDICT_UA
 from tcmu_pr.daemon.config import DaemonConfig
+from tcmu_pr.engine.cdb import PREEMPT, PREEMPT_AND_ABORT, REGISTER, RESERVE
 from tcmu_pr.lu import LogicalUnit
 from tcmu_pr.netlink.family import Attr
 from tcmu_pr.nexus import Nexus
+from tcmu_pr.ring.abi import VERDICT_UA
 from tcmu_pr.store_spec import StoreSpec
 
 KEY_A, KEY_B = 0xAAAA, 0xBBBB
@@ -145,6 +146,7 @@ def test_device_without_nexus_refuses_pr_and_runs_as_unregistered(cfg, image, tm
         done = pr(x, REGISTER, basic_list(0, KEY_A))
         assert (done.status, sense_code(done.sense)) == (scsi.CHECK_CONDITION, NO_NEXUS)
         assert run_cmd(x, rw10(True, 0, 1), data_out=b"x" * BLOCK).status == scsi.GOOD
+        assert _reported_opcodes(x) & {0x5E, 0x5F, 0x16, 0x17, 0x56, 0x57} == set()
         # Once someone holds a reservation, the unknown nexus is a non-holder.
         holder = Nexus.parse(NEXUS_A)
         elsewhere(other, holder, prout(REGISTER, basic_list(0, KEY_A)),
@@ -204,3 +206,47 @@ def test_punted_sbc_commands_through_the_daemon(rig, image):
     orwrite = bytes([0x8B, 0]) + (1).to_bytes(8, "big") + (1).to_bytes(4, "big") + bytes(2)
     assert run_cmd(a, orwrite, data_out=b"\x01" * BLOCK).status == scsi.GOOD
     assert image.read_bytes()[BLOCK : 2 * BLOCK] == b"\x01" * BLOCK
+
+
+def _rsoc(sim, options: int = 0, opcode: int = 0, sa: int = 0):
+    cdb = bytes([0xA3, 0x0C, options, opcode]) + sa.to_bytes(2, "big") + (8192).to_bytes(4, "big")
+    return run_cmd(sim, cdb + bytes(2), data_in=8192)
+
+
+def _reported(sim) -> list[tuple[int, int | None]]:
+    done = _rsoc(sim)
+    assert done.status == scsi.GOOD
+    body = done.data[4 : 4 + int.from_bytes(done.data[:4], "big")]
+    out = []
+    for pos in range(0, len(body), 8):
+        op, sa, flags = body[pos], int.from_bytes(body[pos + 2 : pos + 4], "big"), body[pos + 5]
+        out.append((op, sa if flags & 1 else None))
+    return out
+
+
+def _reported_opcodes(sim) -> set[int]:
+    return {op for op, _ in _reported(sim)}
+
+
+def test_report_supported_opcodes_lists_what_the_pr_engine_answers(rig):
+    """The daemon answers PR IN/OUT and RESERVE/RELEASE, so REPORT SUPPORTED OPERATION CODES
+    (answered by the emulator) lists exactly the service actions the engine takes; each one
+    listed is answered by the engine, and the first one past them is INVALID FIELD IN CDB."""
+    a = rig.sim("lu0_a")
+    listed = _reported(a)
+    pr_in = [sa for op, sa in listed if op == 0x5E]
+    pr_out = [sa for op, sa in listed if op == 0x5F]
+    assert pr_in == [0, 1, 2, 3] and pr_out == list(range(9))
+    assert {0x16, 0x17, 0x56, 0x57} <= {op for op, _ in listed}
+    for sa in pr_in:
+        done = run_cmd(a, bytes([0x5E, sa]) + bytes(5) + (1024).to_bytes(2, "big") + b"\0",
+                       data_in=1024)  # fmt: skip
+        assert done.status == scsi.GOOD, sa
+    past = run_cmd(a, bytes([0x5E, 4]) + bytes(5) + (1024).to_bytes(2, "big") + b"\0",
+                   data_in=1024)  # fmt: skip
+    assert (past.status, sense_code(past.sense)) == (scsi.CHECK_CONDITION, (0x5, 0x24, 0x00))
+    one = _rsoc(a, options=2, opcode=0x5F, sa=REGISTER)  # one command, with its usage data
+    assert one.status == scsi.GOOD and one.data[1] & 0x07 == 0x03
+    assert one.data[4:14] == bytes.fromhex("5f00000000ffffffff00")
+    reserve = _rsoc(a, options=2, opcode=0x5F, sa=RESERVE)
+    assert reserve.data[4:14] == bytes.fromhex("5f01ff0000ffffffff00")

@@ -14,13 +14,14 @@ import logging
 import pytest
 from daemon_support import DaemonRig, run_cmd
 from netlink_peer import NexusKernel, nexus_attrs
-from pr_cdbs import PREEMPT, REGISTER, RESERVE, basic_list, prout, sense_code
+from pr_cdbs import basic_list, prout, sense_code
 from ring_support import rw10
 
 from tcmu_pr import scsi
 from tcmu_pr.conflict import VERDICT_UA
 from tcmu_pr.daemon.attrib import BackstoreAttribs, PRMode
 from tcmu_pr.daemon.config import DaemonConfig
+from tcmu_pr.engine.cdb import PREEMPT, REGISTER, RESERVE
 from tcmu_pr.netlink.nexus import NexusClient
 from tcmu_pr.ring.simulator import NEXUS_FLAGS
 

@@ -20,7 +20,7 @@ from daemon_support import (
     write_topology,
 )
 from netlink_peer import DAEMON_PORT, FAMILY_ID, KernelPeer, build
-from pr_cdbs import REGISTER, RESERVE, basic_list, prout
+from pr_cdbs import basic_list, prout
 from ring_support import rw10
 
 from tcmu_pr import scsi
@@ -29,6 +29,7 @@ from tcmu_pr.daemon.adopt import Existing
 from tcmu_pr.daemon.config import DaemonConfig
 from tcmu_pr.daemon.main import Daemon
 from tcmu_pr.daemon.selection import DeviceSelection
+from tcmu_pr.engine.cdb import REGISTER, RESERVE
 from tcmu_pr.netlink.family import Attr, Cmd
 from tcmu_pr.netlink.socket import PacketTransport
 
@@ -56,7 +57,7 @@ def test_config_devices():
     assert config.parse('[daemon]\ndevices = ["lu0.p1.*", "x"]').devices == ("lu0.p1.*", "x")
     assert config.parse("").devices == ()
     for bad in ('devices = "lu0"', "devices = [1]", 'devices = [""]'):
-        with pytest.raises(config.ConfigError, match=r"daemon\.devices"):
+        with pytest.raises(config.DaemonConfigError, match=r"daemon\.devices"):
             config.parse(f"[daemon]\n{bad}")
 
 

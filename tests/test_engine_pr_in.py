@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import pytest
 from engine_cases import A1, A2, B1, B2, C1, CONFLICT, INV_CDB, Expect, check, run, state
-from pr_cdbs import (
+from pr_cdbs import basic_list, iscsi_tid, prin_cdb, prout
+
+from tcmu_pr import scsi
+from tcmu_pr.engine.cdb import (
     READ_FULL_STATUS,
     READ_KEYS,
     READ_RESERVATION,
     REGISTER,
     REPORT_CAPABILITIES,
-    basic_list,
-    iscsi_tid,
-    prin_cdb,
-    prout,
 )
-
-from tcmu_pr import scsi
 from tcmu_pr.nexus import Nexus
 from tcmu_pr.state import PRState, Registration, Reservation
 

@@ -25,23 +25,19 @@ from engine_cases import (
     run,
     state,
 )
-from pr_cdbs import (
+from pr_cdbs import basic_list, iscsi_tid, move_list, prout, prout_cdb
+
+from tcmu_pr.engine.cdb import (
     CLEAR,
     PREEMPT,
     PREEMPT_AND_ABORT,
     REGISTER,
-    REGISTER_AND_IGNORE,
+    REGISTER_AND_IGNORE_EXISTING_KEY,
     REGISTER_AND_MOVE,
     RELEASE,
-    REPLACE_LOST,
+    REPLACE_LOST_RESERVATION,
     RESERVE,
-    basic_list,
-    iscsi_tid,
-    move_list,
-    prout,
-    prout_cdb,
 )
-
 from tcmu_pr.nexus import Nexus
 from tcmu_pr.state import MAX_REGISTRATIONS, PRState, Registration
 
@@ -162,19 +158,22 @@ def test_register_generation_wraps():
 # --- REGISTER AND IGNORE EXISTING KEY (§5.12.7, its "Register behaviors" table) -----------
 RIEK_CASES = [
     case("5.12.7 unregistered registers whatever the key", state(), A1,
-         prout(REGISTER_AND_IGNORE, basic_list(0x55, 0xA)), Expect(regs={A1: 0xA}, gen=1)),
+         prout(REGISTER_AND_IGNORE_EXISTING_KEY, basic_list(0x55, 0xA)),
+         Expect(regs={A1: 0xA}, gen=1)),
     case("5.12.7 registered wrong key still replaces", state({A1: 1}), A1,
-         prout(REGISTER_AND_IGNORE, basic_list(0x55, 0xA)), Expect(regs={A1: 0xA}, gen=1)),
+         prout(REGISTER_AND_IGNORE_EXISTING_KEY, basic_list(0x55, 0xA)),
+         Expect(regs={A1: 0xA}, gen=1)),
     case("5.12.7 unregistered sa0 does nothing", state(), A1,
-         prout(REGISTER_AND_IGNORE, basic_list(0x55, 0)), Expect(regs={}, gen=0)),
+         prout(REGISTER_AND_IGNORE_EXISTING_KEY, basic_list(0x55, 0)), Expect(regs={}, gen=0)),
     case("5.12.11.2.3 registered sa0 unregisters RO holder",
-         state({A1: 1, B1: 2}, (A1, 6)), A1, prout(REGISTER_AND_IGNORE, basic_list(9, 0)),
+         state({A1: 1, B1: 2}, (A1, 6)), A1,
+         prout(REGISTER_AND_IGNORE_EXISTING_KEY, basic_list(9, 0)),
          Expect(regs={B1: 2}, res=None, gen=1, uas=[(B1, RES_RELEASED)])),
     case("6.16.3 SPEC_I_PT is invalid for REGISTER AND IGNORE", state(), A1,
-         prout(REGISTER_AND_IGNORE, basic_list(0, 1, spec_i_pt=True, tids=tid(B1))),
+         prout(REGISTER_AND_IGNORE_EXISTING_KEY, basic_list(0, 1, spec_i_pt=True, tids=tid(B1))),
          Expect(INV_PL)),
     case("6.16.3 ALL_TG_PT folds the port-2 registration", state({A2: 1, B1: 2}, (A2, 3)), A1,
-         prout(REGISTER_AND_IGNORE, basic_list(0, 7, all_tg_pt=True)),
+         prout(REGISTER_AND_IGNORE_EXISTING_KEY, basic_list(0, 7, all_tg_pt=True)),
          Expect(regs={B1: 2, A1: 7}, res=(A2, 3), gen=1)),
 ]  # fmt: skip
 
@@ -399,9 +398,9 @@ def test_move_within_own_isidless_registration():
 # --- REPLACE LOST RESERVATION (§5.12.11.3) and the rest -----------------------------------
 MISC_CASES = [
     case("5.12.11.3 nothing lost: INVALID RELEASE OF PERSISTENT RESERVATION", state(), A1,
-         prout(REPLACE_LOST, basic_list(0, 5), 5), Expect(INV_RELEASE)),
+         prout(REPLACE_LOST_RESERVATION, basic_list(0, 5), 5), Expect(INV_RELEASE)),
     case("5.12.11.3 bad scope checked first", state(), A1,
-         prout(REPLACE_LOST, basic_list(0, 5), 5, scope=1), Expect(INV_CDB)),
+         prout(REPLACE_LOST_RESERVATION, basic_list(0, 5), 5, scope=1), Expect(INV_CDB)),
     case("6.16.2 reserved service action", state(), A1,
          (prout_cdb(0x09), basic_list()), Expect(INV_CDB)),
     case("6.16.1 CDB shorter than 10 bytes", state(), A1,
@@ -441,3 +440,11 @@ def test_preempt_and_abort_names_the_nexuses_to_abort():
     aborted = {u.nexus for u in out.unit_attentions if u.ascq == REG_PREEMPTED}
     assert aborted == {B1, B2}
     assert A2 not in {u.nexus for u in out.unit_attentions}
+
+
+def test_service_action_codes_are_spc4s():
+    """The engine's names (the one definition the tests build CDBs with) against SPC-4's
+    PERSISTENT RESERVE OUT / IN service action tables."""
+    assert (REGISTER, RESERVE, RELEASE, CLEAR, PREEMPT, PREEMPT_AND_ABORT) == (0, 1, 2, 3, 4, 5)
+    assert (REGISTER_AND_IGNORE_EXISTING_KEY, REGISTER_AND_MOVE, REPLACE_LOST_RESERVATION) == (
+        6, 7, 8)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 from engine_cases import A1, A2, B1, C1, CONFLICT, GOOD, INV_CDB, Expect, check, run, state
-from pr_cdbs import RELEASE, basic_list, prout
+from pr_cdbs import basic_list, prout
 
 from tcmu_pr import engine
+from tcmu_pr.engine.cdb import RELEASE
 from tcmu_pr.state import UnitAttention
 
 RESERVE_6 = bytes([0x16, 0, 0, 0, 0, 0])

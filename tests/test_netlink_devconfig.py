@@ -7,8 +7,8 @@ import errno
 import pytest
 
 from tcmu_pr.netlink.devconfig import (
-    ConfigError,
     DevConfig,
+    DeviceStringError,
     parse_dev_config,
     split_uio_name,
 )
@@ -31,7 +31,7 @@ def test_uio_name_with_and_without_config():
 
 @pytest.mark.parametrize("text", ["uio/1/lu/x", "tcm-user/x/lu/c", "tcm-user/1", "tcm-user/1//c"])
 def test_bad_uio_names(text):
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(DeviceStringError) as info:
         split_uio_name(text)
     assert info.value.errno == errno.EINVAL
 
@@ -79,7 +79,7 @@ def test_options():
     ],
 )
 def test_bad_configs_say_why(text, code, fragment):
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(DeviceStringError) as info:
         parse_dev_config(text)
     assert info.value.errno == code
     assert fragment in str(info.value)

@@ -17,7 +17,8 @@ import pytest
 from ring_support import BLOCK, close_device, libasan, make_device, rw10
 
 from tcmu_pr.ring import layout as L
-from tcmu_pr.ring.loop import ERR_IOV, ERR_MAILBOX, RingError
+from tcmu_pr.ring.abi import ERR_IOV, ERR_MAILBOX
+from tcmu_pr.ring.loop import RingError
 from tcmu_pr.ring.native import NativeOps, NativeRing, load
 from tcmu_pr.ring.simulator import RingSimulator, encode_cmd_entry
 
@@ -166,12 +167,18 @@ def _seed(
     *,
     verdict: int = 3,
     sel: int = 0,
+    max_transfer: int = 0,
     handles: list[int | None] | None = None,
     slots: dict[int, int] | None = None,
 ) -> bytes:
     """One fuzz input (layout in native/fuzz_ring.c): good entries with 256-byte iovecs;
-    ``sel`` 0x10 serves them through submit/reap, 0x30 with every submit refused, 0x40 in
-    nexus mode: entry i carries ``handles[i]`` and ``slots`` are published per handle."""
+    ``sel`` 0x10 serves them through submit/reap, 0x30 with every submit refused, 0x40
+    write-through; ``max_transfer`` (blocks) sets 0x80 and the limit; ``slots`` turns on
+    nexus mode (verdict bit 3): entry i carries ``handles[i]``, ``slots`` are published."""
+    if max_transfer:
+        sel |= 0x80
+    if slots is not None:
+        verdict |= 0x08
     cmdr, data = 4096, 8192
     data_off = L.MAILBOX_SIZE + cmdr
     ring = bytearray(cmdr + data)
@@ -187,11 +194,47 @@ def _seed(
         at += size
     head = bytes([sel]) + struct.pack(">HH", cmdr - 64, data)
     tail = bytes([L.FLAG_CAP_READ_LEN]) + struct.pack(">HH", at, 64) + bytes([verdict])
-    if sel & 0x40:
-        tail += bytes([len(slots or {})])
-        tail += b"".join(struct.pack(">HB", h, v) for h, v in (slots or {}).items())
+    tail += bytes([max_transfer]) if max_transfer else b""
+    if slots is not None:
+        tail += bytes([len(slots)])
+        tail += b"".join(struct.pack(">HB", h, v) for h, v in slots.items())
     script = bytes([1, 0, 20, 0x77]) + struct.pack(">H", 300) + bytes([18, 2]) * 8
     return head + bytes(ring) + tail + script
+
+
+def _cdb16(op: int, byte1: int, lba: int, count: int) -> bytes:
+    return struct.pack(">BBQIBB", op, byte1, lba, count, 0, 0)
+
+
+def _cdb10(op: int, byte1: int, lba: int, count: int) -> bytes:
+    return struct.pack(">BBIBHB", op, byte1, lba, 0, count, 0)
+
+
+#: One of each command the emulation answers beyond READ/WRITE (the loop punts them all),
+#: with the iovec count its data-out or data-in needs.
+SBC_COMMANDS = [
+    (_cdb10(0x2F, 0x02, 1, 1), 2),  # VERIFY(10) BYTCHK=01b
+    (_cdb16(0x8F, 0x06, 1, 1), 2),  # VERIFY(16) BYTCHK=11b
+    (_cdb10(0x2E, 0x02, 2, 1), 2),  # WRITE AND VERIFY(10)
+    (_cdb16(0x8E, 0x00, 2, 1), 2),  # WRITE AND VERIFY(16)
+    (_cdb16(0x8B, 0x00, 3, 1), 2),  # ORWRITE(16)
+    (_cdb16(0x89, 0x00, 4, 0)[:13] + bytes([1, 0, 0]), 4),  # COMPARE AND WRITE, 1 block
+    (_cdb10(0x41, 0x08, 5, 2), 2),  # WRITE SAME(10) UNMAP
+    (_cdb16(0x93, 0x09, 5, 2), 0),  # WRITE SAME(16) UNMAP NDOB
+    (bytes([0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0]), 1),  # UNMAP, 24-byte list
+    (_cdb16(0x9E, 0x12, 0, 0)[:10] + struct.pack(">I", 256) + bytes(2), 1),  # GET LBA STATUS
+    (_cdb10(0x35, 0x02, 0, 0), 0),  # SYNCHRONIZE CACHE(10) IMMED
+    (_cdb16(0x91, 0x00, 0, 8), 0),  # SYNCHRONIZE CACHE(16)
+    (bytes([0xA3, 0x0C, 0x80, 0, 0, 0, 0, 0, 2, 0, 0, 0]), 4),  # REPORT SUPPORTED OPCODES
+    (bytes([0x5E, 0, 0, 0, 0, 0, 0, 1, 0, 0]), 1),  # PERSISTENT RESERVE IN, READ KEYS
+]
+LIMITS = [
+    (rw10(False, 1, 1, flags=0x20), 2),  # RDPROTECT
+    (rw10(True, 1, 1)[:6] + b"\x1f" + rw10(True, 1, 1)[7:], 2),  # GROUP NUMBER
+    (rw10(False, 1, 3), 4),  # over MAXIMUM TRANSFER LENGTH 2
+    (rw10(False, 64, 0), 0),  # LBA == capacity, nothing to move
+    (rw10(True, 62, 2), 4),
+]
 
 
 @pytest.mark.slow
@@ -215,8 +258,16 @@ def test_fuzz_harness_under_asan_and_ubsan(tmp_path):
         "mix-refused": _seed(mix, sel=0x30),
         "var": _seed([(variable, 1), (pr_out, 1), (bytes([8, 0, 0, 1, 1, 0]), 2)]),
         "conflict": _seed([(rw10(True, 3, 1), 2), (rw10(False, 3, 1), 2)], verdict=1),
-        "nexus": _seed(mix, sel=0x40, handles=[1, 2, None, 1500, 1], slots={1: 3, 1500: 3}),
-        "nexus-submit": _seed(mix, sel=0x50, handles=[2, 1, 2, 0, 3], slots={1: 7, 2: 3}),
+        "nexus": _seed(mix, handles=[1, 2, None, 1500, 1], slots={1: 3, 1500: 3}),
+        "nexus-submit": _seed(mix, sel=0x10, handles=[2, 1, 2, 0, 3], slots={1: 7, 2: 3}),
+        # the commands the emulation answers: punted, their iovecs gathered and answered
+        "sbc": _seed(SBC_COMMANDS[:6]),
+        "sbc-2": _seed(SBC_COMMANDS[6:], sel=0x10),
+        # bits outside the usage data, over MAXIMUM TRANSFER LENGTH, LBA == capacity: punted
+        # or refused; write-through flushes
+        "limits": _seed(LIMITS, max_transfer=2),
+        "write-through": _seed(mix, sel=0x50),
+        "write-through-sync": _seed(mix, sel=0x40, max_transfer=4),
     }
     files = []
     for name, data in seeds.items():

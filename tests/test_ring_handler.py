@@ -123,6 +123,7 @@ def test_reservation_on_one_gateway_fences_the_other(tmp_path):
     from tcmu_pr.backends.file import FileSlot
     from tcmu_pr.nexus import Nexus
     from tcmu_pr.pr_cdb import REGISTER, RESERVE, pr_out
+    from tcmu_pr.ring import abi
     from tcmu_pr.state import PRState
 
     image = tmp_path / "lun.img"
@@ -160,7 +161,7 @@ def test_reservation_on_one_gateway_fences_the_other(tmp_path):
         ha.serve()
         assert [c.status for c in a.sim.reap()] == [0, 0, 0]
         hb.refresh_verdict()  # the daemon does this when the shared state changes
-        assert b.ring.verdict == conflict.VERDICT_READ
+        assert b.ring.verdict == abi.VERDICT_READ
         b.sim.queue(rw10(True, 0, 1), data_out=b"B" * BLOCK)
         b.sim.queue(rw10(False, 0, 1), data_in=BLOCK)
         hb.serve()

@@ -23,13 +23,8 @@ from ring_support import (
 )
 
 from tcmu_pr.ring import layout as L
-from tcmu_pr.ring.loop import (
-    ERR_ENTRY,
-    ERR_HEAD,
-    ERR_NOT_CMD,
-    ERR_PENDING,
-    RingError,
-)
+from tcmu_pr.ring.abi import ERR_ENTRY, ERR_HEAD, ERR_NOT_CMD, ERR_PENDING
+from tcmu_pr.ring.loop import RingError
 from tcmu_pr.ring.simulator import encode_cmd_entry
 
 INVALID_FIELD = fixed_sense(0x5, 0x24, 0)
@@ -135,12 +130,19 @@ def test_lba_out_of_range_including_overflow(dev):
     assert done[4].status == 0
 
 
-def test_protection_bits_are_invalid_field(dev):
+def test_bits_outside_the_usage_data_are_punted(dev):
+    """RDPROTECT (and any bit the emulation refuses) goes to Python, which answers with its
+    field pointer; the FUA write after it is served here."""
     dev.sim.queue(rw10(False, 0, 1, flags=0x20), data_in=BLOCK)
     dev.sim.queue(rw10(True, 0, 1, flags=0x08), data_out=b"x" * BLOCK)  # FUA: fine
-    done = serve(dev)
+    punts = dev.ring.process()
+    assert len(punts) == 1 and dev.ring.cdb(punts[0])[1] == 0x20
+    dev.ring.complete(punts[0], 2, INVALID_FIELD, None)
+    dev.ring.commit()
+    done = dev.sim.reap()
     assert done[0].status == 2 and done[0].sense[:18] == INVALID_FIELD
     assert done[1].status == 0 and dev.read_file(0, BLOCK) == b"x" * BLOCK
+    assert dev.ring.stats()["flushes"] == 1
 
 
 def test_read_past_end_of_backing_file_is_read_error(tmp_path):

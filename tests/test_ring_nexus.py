@@ -17,7 +17,7 @@ from ring_support import BLOCK, close_device, make_device, rw10
 from test_ring_loop import _random_workload
 
 from tcmu_pr.ring import layout as L
-from tcmu_pr.ring.loop import NEXUS_SLOTS, VERDICT_READ, VERDICT_UA, VERDICT_WRITE
+from tcmu_pr.ring.abi import NEXUS_SLOTS, VERDICT_READ, VERDICT_UA, VERDICT_WRITE
 from tcmu_pr.ring.simulator import NEXUS_FLAGS
 
 KINDS = ["native", "native-deferred", "python"]

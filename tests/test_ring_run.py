@@ -15,8 +15,9 @@ import pytest
 from ring_support import BLOCK, close_device, make_device, rw10
 
 from tcmu_pr import scsi
+from tcmu_pr.ring.abi import VERDICT_READ
 from tcmu_pr.ring.handler import RingHandler
-from tcmu_pr.ring.loop import VERDICT_READ, RingError
+from tcmu_pr.ring.loop import RingError
 from tcmu_pr.ring.simulator import encode_cmd_entry
 
 

@@ -37,13 +37,18 @@ CHILD = textwrap.dedent(
     rnd = random.Random(int(sys.argv[4]))
     served = errors = 0
 
+    # VERIFY, WRITE AND VERIFY, ORWRITE, COMPARE AND WRITE, WRITE SAME, UNMAP,
+    # GET LBA STATUS, SYNCHRONIZE CACHE, REPORT SUPPORTED OPERATION CODES
+    SBC = (0x2F, 0x8F, 0x2E, 0x8E, 0x8B, 0x89, 0x41, 0x93, 0x42, 0x9E, 0x35, 0x91, 0xA3)
+
     def rw(write, lba, n):
         return struct.pack(">BBIBHB", 0x2A if write else 0x28, 0, lba, 0, n, 0)
 
     for it in range(int(sys.argv[5])):
         sim = RingSimulator(cmdr_size=4096, data_size=64 * 1024, heap=True)
         ring = NativeRing(sim.mm, sim.kick_fd, fd, SIZE, BLOCK, module=mod,
-                          deferred=rnd.random() < 0.5)
+                          deferred=rnd.random() < 0.5, max_transfer=rnd.choice((0, 2, 8)),
+                          write_through=rnd.random() < 0.3)
         ring.verdict = rnd.choice((0, 1, 2, 3, 7))
         try:
             for _ in range(rnd.randint(1, 12)):
@@ -55,6 +60,13 @@ CHILD = textwrap.dedent(
                           data_in=0 if w else n * BLOCK)
                 if rnd.random() < 0.2:
                     sim.queue(bytes([rnd.choice((0x12, 0x5F, 0x7F, 0xC0))]) + bytes(15))
+                if rnd.random() < 0.2:  # what the emulation answers: punted whole
+                    sim.queue(bytes([rnd.choice(SBC)]) + rnd.randbytes(15),
+                              data_out=rnd.randbytes(rnd.choice((0, BLOCK))))
+                if rnd.random() < 0.2:  # a bit outside the usage data: punted
+                    cdb = bytearray(rw(w, rnd.randrange(SIZE // BLOCK), n))
+                    cdb[rnd.randrange(1, 10)] |= 1 << rnd.randrange(8)
+                    sim.queue(bytes(cdb), data_in=n * BLOCK)
         except RingFull:
             pass
         # scribble: random bytes at random places of the queued region and the mailbox

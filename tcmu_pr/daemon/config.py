@@ -24,7 +24,7 @@ RING_KINDS = ("auto", "native", "python")
 BLOCK_SIZES = (512, 4096)
 
 
-class ConfigError(ValueError):
+class DaemonConfigError(ValueError):
     """The configuration file cannot be used; the message names file and key."""
 
 
@@ -92,17 +92,18 @@ _KEYS: dict[str, dict[str, str]] = {
 
 
 def load(path: Path | None = None) -> DaemonConfig:
-    """Read ``path`` (default: DEFAULT_PATH, which may be absent); ConfigError on bad input."""
+    """Read ``path`` (default: DEFAULT_PATH, which may be absent); DaemonConfigError on bad
+    input."""
     explicit = path is not None
     path = path or DEFAULT_PATH
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         if explicit:
-            raise ConfigError(f"{path}: no such configuration file") from None
+            raise DaemonConfigError(f"{path}: no such configuration file") from None
         return DaemonConfig()
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read: {err}") from err
+        raise DaemonConfigError(f"{path}: cannot read: {err}") from err
     return parse(text, source=str(path))
 
 
@@ -111,21 +112,21 @@ def parse(text: str, *, source: str = "<config>") -> DaemonConfig:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{source}: not valid TOML: {err}") from err
+        raise DaemonConfigError(f"{source}: not valid TOML: {err}") from err
     values: dict[str, Any] = {}
     for section, body in doc.items():
         keys = _KEYS.get(section)
         if keys is None:
-            raise ConfigError(
+            raise DaemonConfigError(
                 f"{source}: unknown section [{section}] (known: {', '.join(_KEYS)})"
             )
         if not isinstance(body, dict):
-            raise ConfigError(f"{source}: {section} must be a [section]")
+            raise DaemonConfigError(f"{source}: {section} must be a [section]")
         for key, value in body.items():
             name = keys.get(key)
             if name is None:
                 known = ", ".join(keys)
-                raise ConfigError(f"{source}: unknown key {section}.{key} (known: {known})")
+                raise DaemonConfigError(f"{source}: unknown key {section}.{key} (known: {known})")
             values[name] = _check(f"{source}: {section}.{key}", name, value)
     return DaemonConfig(**values)
 
@@ -134,7 +135,7 @@ def _check(where: str, name: str, value: Any) -> Any:
     """Type and range of one value; returns it converted (paths)."""
     if name == "topology":
         if not isinstance(value, str) or not value.startswith("/"):
-            raise ConfigError(f"{where} must be an absolute path")
+            raise DaemonConfigError(f"{where} must be an absolute path")
         return Path(value)
     if name == "log_level":
         return _choice(where, value, LOG_LEVELS)
@@ -142,35 +143,35 @@ def _check(where: str, name: str, value: Any) -> Any:
         return _choice(where, value, RING_KINDS)
     if name == "block_size":
         if type(value) is not int or value not in BLOCK_SIZES:
-            raise ConfigError(f"{where} must be one of {', '.join(map(str, BLOCK_SIZES))}")
+            raise DaemonConfigError(f"{where} must be one of {', '.join(map(str, BLOCK_SIZES))}")
         return value
     if name == "ring_poll_ms":
         if type(value) is not int or not 10 <= value <= 10_000:
-            raise ConfigError(f"{where} must be an integer from 10 to 10000")
+            raise DaemonConfigError(f"{where} must be an integer from 10 to 10000")
         return value
     if name == "ack_timeout_ms":
         # the OSD counts notify timeouts in whole seconds: at least one
         if type(value) is not int or not 1000 <= value <= 300_000:
-            raise ConfigError(f"{where} must be an integer from 1000 to 300000")
+            raise DaemonConfigError(f"{where} must be an integer from 1000 to 300000")
         return value
     if name == "ceph_conf":
         if not isinstance(value, str) or (value and not value.startswith("/")):
-            raise ConfigError(f"{where} must be an absolute path (or empty)")
+            raise DaemonConfigError(f"{where} must be an absolute path (or empty)")
         return value
     if name == "devices":
         if not isinstance(value, list) or not all(isinstance(g, str) and g for g in value):
-            raise ConfigError(f"{where} must be a list of non-empty glob strings")
+            raise DaemonConfigError(f"{where} must be a list of non-empty glob strings")
         return tuple(value)
     if name in ("dbus", "fence"):
         if type(value) is not bool:
-            raise ConfigError(f"{where} must be true or false")
+            raise DaemonConfigError(f"{where} must be true or false")
         return value
     if not isinstance(value, str):  # dbus_address, ceph_id
-        raise ConfigError(f"{where} must be a string")
+        raise DaemonConfigError(f"{where} must be a string")
     return value
 
 
 def _choice(where: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ConfigError(f"{where} must be one of {', '.join(choices)}, not {value!r}")
+        raise DaemonConfigError(f"{where} must be one of {', '.join(choices)}, not {value!r}")
     return value

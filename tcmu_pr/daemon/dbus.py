@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from tcmu_pr.netlink.devconfig import HANDLER_ALIAS, ConfigError, parse_dev_config
+from tcmu_pr.netlink.devconfig import HANDLER_ALIAS, DeviceStringError, parse_dev_config
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def check_config(config: str) -> tuple[bool, str]:
     """
     try:
         parsed = parse_dev_config(config)
-    except ConfigError as err:
+    except DeviceStringError as err:
         return False, str(err)
     for spec in dict.fromkeys((parsed.store, parsed.pr_store)):
         if not spec.is_file:

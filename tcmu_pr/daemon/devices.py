@@ -220,17 +220,24 @@ class Device:
             write_cache=p.write_cache,
             rtpi=p.placement.rtpi,
             unmap_granularity=unmap_granularity(self.data, self.cfg.block_size),
+            # PR IN/OUT go to the LU's engine, which needs this device's nexus
+            persistent_reservations=p.placement.nexus is not None,
         )
         fd = -1
+        # Write-through promised (WCE=0): the fast path's writes must be durable at GOOD.
+        write_through = False
         if isinstance(self.data, FileDataBackend):
-            # Write-through promised (WCE=0): the fast path's writes must be durable at GOOD.
+            # O_DSYNC: each write returns once it is on stable storage, no flush needed
             flags = os.O_RDWR | os.O_CLOEXEC | (0 if p.write_cache else os.O_DSYNC)
             fd = os.open(p.config.store.path, flags)
             ring_backend: Any = fd
-        else:  # librbd acknowledges a write once the OSDs have it
+        else:
             from tcmu_pr.ring.rbd_backend import RbdRingBackend
 
             ring_backend = RbdRingBackend(self.data)  # type: ignore[arg-type]
+            # librbd's cache (on by default, write-back once it saw a flush) completes writes
+            # before the OSDs have them: the loop flushes each batch's writes before GOOD
+            write_through = not p.write_cache
         try:
             ring = make_ring(
                 self.cfg.ring,
@@ -239,6 +246,8 @@ class Device:
                 ring_backend,
                 emu.num_lbas * emu.block_size,
                 emu.block_size,
+                max_transfer=emu.max_transfer_lbas,
+                write_through=write_through,
             )
         except BaseException:
             if fd >= 0:

@@ -258,7 +258,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
 def _daemon(args: argparse.Namespace) -> int:
     try:
         cfg = config_mod.load(args.config)
-    except config_mod.ConfigError as err:
+    except config_mod.DaemonConfigError as err:
         raise UsageError(str(err)) from err
     overrides: dict[str, object] = {}
     if args.log_level:

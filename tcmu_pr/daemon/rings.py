@@ -66,13 +66,15 @@ class UioRingSource:
 
 def make_ring(
     kind: str, mm: mmap.mmap, kick_fd: int, backend: int | RbdRingBackend, size: int,
-    block_size: int,
+    block_size: int, *, max_transfer: int = 0, write_through: bool = False,
 ) -> RingLoop:
     """The ring loop of ``kind`` ("native", "python", "auto": native when it is built).
 
     ``backend`` is a file descriptor, or an RBD image's ring backend, which only the native
-    loop can drive.
+    loop can drive.  ``max_transfer`` (blocks) and ``write_through`` are what the loop must
+    honour of the device's Block Limits and Caching pages (see NativeRing).
     """
+    options = {"max_transfer": max_transfer, "write_through": write_through}
     if kind in ("native", "auto"):
         try:
             from tcmu_pr.ring.native import NativeRing, load
@@ -83,9 +85,9 @@ def make_ring(
                 raise
             log.warning("native ring loop not built: serving rings in Python (slower)")
         else:
-            return NativeRing(mm, kick_fd, backend, size, block_size)
+            return NativeRing(mm, kick_fd, backend, size, block_size, **options)
     if not isinstance(backend, int):
         raise RingError(-errno.EOPNOTSUPP, "RBD data needs the native ring loop (not built)")
     from tcmu_pr.ring.pyloop import PyRing
 
-    return PyRing(mm, kick_fd, backend, size, block_size)
+    return PyRing(mm, kick_fd, backend, size, block_size, **options)

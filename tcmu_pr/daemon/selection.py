@@ -18,7 +18,7 @@ import fnmatch
 import logging
 from dataclasses import dataclass
 
-from tcmu_pr.netlink.devconfig import ConfigError, split_uio_name
+from tcmu_pr.netlink.devconfig import DeviceStringError, split_uio_name
 from tcmu_pr.netlink.family import Attr, Message
 from tcmu_pr.netlink.service import NetlinkService
 
@@ -41,7 +41,7 @@ class DeviceSelection:
             return True
         try:
             hba, name, _ = split_uio_name(uio_name)
-        except ConfigError:
+        except DeviceStringError:
             return False  # not a name we could serve anyway: another daemon's business
         keys = (name, f"user_{hba}/{name}")
         return any(fnmatch.fnmatchcase(k, g) for g in self.globs for k in keys)

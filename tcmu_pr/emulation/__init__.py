@@ -23,9 +23,11 @@ from tcmu_pr.emulation import (  # fmt: skip
     provisioning,
     verify,
 )
-from tcmu_pr.emulation.cdb import CommandFailed, Reply, cdb_length, check_usage, invalid_field
+from tcmu_pr.emulation.cdb import Reply, cdb_length, check_usage, invalid_field
 from tcmu_pr.emulation.device import DeviceConfigError, DeviceInfo, lu_naa, lu_serial
 from tcmu_pr.emulation.registry import Command, Handler, Offered, enforced_mask
+from tcmu_pr.engine import cdb as pr_codes
+from tcmu_pr.scsi import CheckCondition
 
 __all__ = [
     "DeviceConfigError",
@@ -142,16 +144,51 @@ _SERVICE_ACTIONS: dict[tuple[int, int], Command] = {
 # fmt: on
 
 
+def _pr_commands() -> list[Offered]:
+    """PERSISTENT RESERVE IN/OUT (per service action) and RESERVE/RELEASE (6)/(10) as the
+    daemon's PR engine takes them: every service action it decodes, with the CDB bits it
+    evaluates (SCOPE and TYPE only where SPC-4 defines them for that action; reserved bits
+    and CONTROL are ignored there, so reported 0).  Never dispatched here."""
+    rows = [Offered(scsi.PERSISTENT_RESERVE_IN, sa,
+                    bytes.fromhex(f"5e {sa:02x} 00 00 00 00 00 ffff 00"), IO)
+            for sa in range(pr_codes.READ_FULL_STATUS + 1)]  # fmt: skip
+    for sa in range(pr_codes.REPLACE_LOST_RESERVATION + 1):
+        scope_type = "ff" if sa in _PR_OUT_SCOPED else "00"
+        usage = bytes.fromhex(f"5f {sa:02x} {scope_type} 00 00 ffffffff 00")
+        rows.append(Offered(scsi.PERSISTENT_RESERVE_OUT, sa, usage, IO))
+    for op, size in ((scsi.RESERVE_6, 6), (scsi.RELEASE_6, 6), (scsi.RESERVE_10, 10),
+                     (scsi.RELEASE_10, 10)):  # fmt: skip
+        rows.append(Offered(op, None, bytes([op]) + bytes(size - 1), IO))
+    return rows
+
+
+#: PR OUT service actions whose SCOPE and TYPE the engine evaluates (SPC-4 table "PERSISTENT
+#: RESERVE OUT service actions and valid parameters").
+_PR_OUT_SCOPED = frozenset({pr_codes.RESERVE, pr_codes.RELEASE, pr_codes.PREEMPT,
+                            pr_codes.PREEMPT_AND_ABORT, pr_codes.REGISTER_AND_MOVE,
+                            pr_codes.REPLACE_LOST_RESERVATION})  # fmt: skip
+
+
+def fixed_usage(opcode: int) -> bytes:
+    """The CDB USAGE DATA of a command whose accepted bits never depend on the device
+    (READ/WRITE): what the ring loops may serve without asking the emulation."""
+    usage = _COMMANDS[opcode].usage
+    if not isinstance(usage, str):
+        raise ValueError(f"opcode {opcode:#04x}: usage depends on the device")
+    return bytes.fromhex(usage)
+
+
 def offered(dev: DeviceInfo, backend: DataBackend) -> list[Offered]:
     """Every command ``dev`` answers on ``backend``, as REPORT SUPPORTED OPERATION CODES
     lists them."""
     rows = [(op, None, c) for op, c in _COMMANDS.items()]
     rows += [(op, sa, c) for (op, sa), c in _SERVICE_ACTIONS.items()]
-    return [
+    ours = [
         Offered(op, sa, c.usage_data(dev), c.timeout)
         for op, sa, c in rows
         if c.offered(dev, backend)
     ]
+    return ours + (_pr_commands() if dev.persistent_reservations else [])
 
 
 def _report_opcodes(dev: DeviceInfo, backend: DataBackend, cdb: bytes, _data: bytes) -> bytes:
@@ -165,12 +202,12 @@ _SA_OPCODES = frozenset(op for op, _ in _SERVICE_ACTIONS)
 
 
 def _lookup(dev: DeviceInfo, backend: DataBackend, cdb: bytes) -> tuple[Command, int | None]:
-    """The command a CDB names and its service action; CommandFailed when not offered."""
+    """The command a CDB names and its service action; CheckCondition when not offered."""
     opcode = cdb[0]
     command = _COMMANDS.get(opcode)
     if command is not None:
         if not command.offered(dev, backend):
-            raise CommandFailed(scsi.INVALID_COMMAND_OPERATION_CODE)
+            raise CheckCondition(scsi.INVALID_COMMAND_OPERATION_CODE)
         return command, None
     if opcode in _SA_OPCODES:
         sa = cdb[1] & 0x1F
@@ -179,7 +216,7 @@ def _lookup(dev: DeviceInfo, backend: DataBackend, cdb: bytes) -> tuple[Command,
             # SPC-4: an unsupported service action of a supported opcode
             raise invalid_field((1, 4))
         return command, sa
-    raise CommandFailed(scsi.INVALID_COMMAND_OPERATION_CODE)
+    raise CheckCondition(scsi.INVALID_COMMAND_OPERATION_CODE)
 
 
 class Emulator:
@@ -206,17 +243,17 @@ class Emulator:
                 raise invalid_field()
             length = cdb_length(cdb[0])
             if length is None:
-                raise CommandFailed(scsi.INVALID_COMMAND_OPERATION_CODE)
+                raise CheckCondition(scsi.INVALID_COMMAND_OPERATION_CODE)
             if len(cdb) < length:
                 # Too short to hold its own opcode's fields; an unknown opcode still says so.
                 if cdb[0] not in _COMMANDS and cdb[0] not in _SA_OPCODES:
-                    raise CommandFailed(scsi.INVALID_COMMAND_OPERATION_CODE)
+                    raise CheckCondition(scsi.INVALID_COMMAND_OPERATION_CODE)
                 raise invalid_field()
             cdb = bytes(cdb[:length])  # the ring may hand over a longer buffer
             command, sa = _lookup(self.device, self.backend, cdb)
             check_usage(cdb, enforced_mask(command.usage_data(self.device), sa))
             data_in = command.handler(self.device, self.backend, cdb, bytes(data_out))
-        except CommandFailed as failed:
+        except CheckCondition as failed:
             return scsi.CHECK_CONDITION, failed.sense_bytes(), None
         except OSError:
             reading = command is not None and command.reads_medium

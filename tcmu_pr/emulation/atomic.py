@@ -10,8 +10,9 @@ from __future__ import annotations
 from tcmu_pr import scsi
 from tcmu_pr.backends.base import DataBackend
 from tcmu_pr.emulation.blockops import check_data_out, checked_transfer, fua, make_durable
-from tcmu_pr.emulation.cdb import CommandFailed, check_lba_range, check_writable, invalid_field, u
+from tcmu_pr.emulation.cdb import check_lba_range, check_writable, invalid_field, u
 from tcmu_pr.emulation.device import DeviceInfo
+from tcmu_pr.scsi import CheckCondition
 
 ORWRITE_16 = 0x8B
 
@@ -34,10 +35,10 @@ def compare_and_write(dev: DeviceInfo, backend: DataBackend, cdb: bytes, data_ou
         return
     size = count * dev.block_size
     if len(data_out) != 2 * size:
-        raise CommandFailed(scsi.PARAMETER_LIST_LENGTH_ERROR)
+        raise CheckCondition(scsi.PARAMETER_LIST_LENGTH_ERROR)
     mismatch = backend.compare_and_write(lba * dev.block_size, data_out[:size], data_out[size:])
     if mismatch is not None:
-        raise CommandFailed(scsi.MISCOMPARE_DURING_VERIFY, info=mismatch)
+        raise CheckCondition(scsi.MISCOMPARE_DURING_VERIFY, info=mismatch)
     make_durable(dev, backend, fua(cdb))
 
 

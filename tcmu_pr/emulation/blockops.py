@@ -13,7 +13,6 @@ from __future__ import annotations
 from tcmu_pr import scsi
 from tcmu_pr.backends.base import DataBackend
 from tcmu_pr.emulation.cdb import (
-    CommandFailed,
     check_lba_range,
     check_transfer_length,
     check_writable,
@@ -22,6 +21,7 @@ from tcmu_pr.emulation.cdb import (
     u,
 )
 from tcmu_pr.emulation.device import DeviceInfo
+from tcmu_pr.scsi import CheckCondition
 
 WRITE_SAME_10 = 0x41
 
@@ -113,11 +113,11 @@ def write_same(dev: DeviceInfo, backend: DataBackend, cdb: bytes, data_out: byte
     check_lba_range(dev, lba, count)
     if ndob:
         if data_out:
-            raise CommandFailed(scsi.PARAMETER_LIST_LENGTH_ERROR)
+            raise CheckCondition(scsi.PARAMETER_LIST_LENGTH_ERROR)
         block = bytes(dev.block_size)
     else:
         if len(data_out) != dev.block_size:
-            raise CommandFailed(scsi.PARAMETER_LIST_LENGTH_ERROR)
+            raise CheckCondition(scsi.PARAMETER_LIST_LENGTH_ERROR)
         block = data_out
     offset, length = lba * dev.block_size, count * dev.block_size
     if unmap and not any(block):
@@ -148,14 +148,14 @@ def unmap(dev: DeviceInfo, backend: DataBackend, cdb: bytes, data_out: bytes) ->
     if length == 0:
         return
     if length < 8 or len(data_out) < length:
-        raise CommandFailed(scsi.PARAMETER_LIST_LENGTH_ERROR)
+        raise CheckCondition(scsi.PARAMETER_LIST_LENGTH_ERROR)
     plist = data_out[:length]
     data_len, desc_len = u(plist, 0, 2), u(plist, 2, 2)
     if data_len + 2 > length or desc_len + 8 > length:
-        raise CommandFailed(scsi.PARAMETER_LIST_LENGTH_ERROR)
+        raise CheckCondition(scsi.PARAMETER_LIST_LENGTH_ERROR)
     count = desc_len // _UNMAP_DESCRIPTOR  # a trailing partial descriptor is ignored (SBC-3)
     if count > dev.max_unmap_descriptors:
-        raise CommandFailed(scsi.INVALID_FIELD_IN_PARAMETER_LIST)
+        raise CheckCondition(scsi.INVALID_FIELD_IN_PARAMETER_LIST)
     ranges = []
     total = 0
     for i in range(count):
@@ -163,7 +163,7 @@ def unmap(dev: DeviceInfo, backend: DataBackend, cdb: bytes, data_out: bytes) ->
         lba, blocks = u(plist, base, 8), u(plist, base + 8, 4)
         total += blocks
         if total > dev.max_unmap_lbas:
-            raise CommandFailed(scsi.INVALID_FIELD_IN_PARAMETER_LIST)
+            raise CheckCondition(scsi.INVALID_FIELD_IN_PARAMETER_LIST)
         if blocks:
             check_lba_range(dev, lba, blocks)
             ranges.append((lba, blocks))

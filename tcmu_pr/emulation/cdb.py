@@ -1,15 +1,16 @@
-"""CDB field access and the one way a command handler fails.
+"""CDB field access and the checks every command handler shares.
 
-Handlers raise ``CommandFailed`` with the sense to report instead of returning status
-tuples, so the checks read top to bottom like the standard's "shall terminate" clauses and
-nothing is half-done: every check runs before the first byte touches the backend.
+Handlers raise :class:`tcmu_pr.scsi.CheckCondition` with the sense to report instead of
+returning status tuples, so the checks read top to bottom like the standard's "shall
+terminate" clauses and nothing is half-done: every check runs before the first byte
+touches the backend.
 """
 
 from __future__ import annotations
 
 from tcmu_pr import scsi
 from tcmu_pr.emulation.device import DeviceInfo
-from tcmu_pr.scsi import Sense
+from tcmu_pr.scsi import CheckCondition, Sense
 
 # Conditions the PR core has no name for (SPC-4 Annex D); see the report to the lead.
 WRITE_PROTECTED = Sense(scsi.DATA_PROTECT, 0x27, 0x00)
@@ -18,32 +19,6 @@ NO_ADDITIONAL_SENSE = Sense(scsi.NO_SENSE, 0x00, 0x00)
 
 #: (status, sense bytes, data-in) — what ``Emulator.emulate`` returns.
 Reply = tuple[int, bytes | None, bytes | None]
-
-
-class CommandFailed(Exception):
-    """Terminate the command with CHECK CONDITION and this sense.
-
-    ``info`` fills INFORMATION (VALID set); ``field`` = (byte, bit) of the CDB bit at fault
-    fills the sense-key specific FIELD POINTER (SPC-4 sense data), so a host can tell which
-    bit we refused without guessing.
-    """
-
-    def __init__(
-        self, sense: Sense, info: int | None = None, field: tuple[int, int] | None = None
-    ) -> None:
-        super().__init__(sense)
-        self.sense = sense
-        self.info = info
-        self.field = field
-
-    def sense_bytes(self) -> bytes:
-        """Fixed-format sense data with INFORMATION and the CDB field pointer when known."""
-        buf = bytearray(self.sense.to_bytes(info=self.info))
-        if self.field is not None:
-            byte, bit = self.field
-            buf[15] = 0x80 | 0x40 | 0x08 | bit  # SKSV, C/D = CDB, BPV, BIT POINTER
-            buf[16:18] = byte.to_bytes(2, "big")
-        return bytes(buf)
 
 
 def cdb_length(opcode: int) -> int | None:
@@ -56,9 +31,9 @@ def u(cdb: bytes, start: int, length: int) -> int:
     return int.from_bytes(cdb[start : start + length], "big")
 
 
-def invalid_field(field: tuple[int, int] | None = None) -> CommandFailed:
+def invalid_field(field: tuple[int, int] | None = None) -> CheckCondition:
     """INVALID FIELD IN CDB; ``field`` = (byte, leftmost bit) of the field at fault."""
-    return CommandFailed(scsi.INVALID_FIELD_IN_CDB, field=field)
+    return CheckCondition(scsi.INVALID_FIELD_IN_CDB, field=field)
 
 
 def check_usage(cdb: bytes, mask: bytes) -> None:
@@ -104,10 +79,10 @@ def check_lba_range(dev: DeviceInfo, lba: int, count: int) -> None:
     SBC-3 checks the LBA even for a zero count, so ``lba == num_lbas`` with count 0 fails.
     """
     if lba >= dev.num_lbas or lba + count > dev.num_lbas:
-        raise CommandFailed(scsi.LBA_OUT_OF_RANGE)
+        raise CheckCondition(scsi.LBA_OUT_OF_RANGE)
 
 
 def check_writable(dev: DeviceInfo) -> None:
     """DATA PROTECT / WRITE PROTECTED on a read-only LU (SBC-4 write protection)."""
     if dev.read_only:
-        raise CommandFailed(WRITE_PROTECTED)
+        raise CheckCondition(WRITE_PROTECTED)

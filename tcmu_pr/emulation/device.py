@@ -66,6 +66,7 @@ class DeviceInfo:
     on (0x0960 iSCSI), listed in standard INQUIRY after SAM-5/SPC-4/SBC-3; None (the
     default) lists none, because LIO may export one backstore over iSCSI, FC, SRP, loopback
     or vhost at once and the handler cannot see which: no claim beats a wrong one.
+    ``persistent_reservations``: see the field.
     """
 
     identity: str
@@ -88,6 +89,9 @@ class DeviceInfo:
     max_compare_and_write_lbas: int = 1
     unmap_granularity: int = 1
     transport_descriptor: int | None = None
+    #: The daemon answers PERSISTENT RESERVE IN/OUT and RESERVE/RELEASE for this device (its
+    #: PR engine, not the emulator): REPORT SUPPORTED OPERATION CODES then lists them.
+    persistent_reservations: bool = False
 
     def __post_init__(self) -> None:
         if self.block_size not in BLOCK_SIZES:

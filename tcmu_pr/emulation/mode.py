@@ -13,8 +13,9 @@ from __future__ import annotations
 import struct
 
 from tcmu_pr import scsi
-from tcmu_pr.emulation.cdb import SAVING_PARAMETERS_NOT_SUPPORTED, CommandFailed, invalid_field, u
+from tcmu_pr.emulation.cdb import SAVING_PARAMETERS_NOT_SUPPORTED, invalid_field, u
 from tcmu_pr.emulation.device import DeviceInfo
+from tcmu_pr.scsi import CheckCondition
 
 PAGE_CACHING = 0x08
 PAGE_CONTROL = 0x0A
@@ -77,7 +78,7 @@ def mode_sense(dev: DeviceInfo, cdb: bytes) -> bytes:
     llbaa = ten and bool(cdb[1] & 0x10)
     pc, code, subpage = cdb[2] >> 6, cdb[2] & 0x3F, cdb[3]
     if pc == PC_SAVED:
-        raise CommandFailed(SAVING_PARAMETERS_NOT_SUPPORTED)
+        raise CheckCondition(SAVING_PARAMETERS_NOT_SUPPORTED)
     pages = _pages(dev, code, subpage, pc)
     descriptor = b"" if dbd else _block_descriptor(dev, llbaa)
     if ten:
@@ -104,15 +105,15 @@ def _split_pages(blob: bytes) -> list[bytes]:
     pages, pos = [], 0
     while pos < len(blob):
         if pos + 2 > len(blob):
-            raise CommandFailed(scsi.INVALID_FIELD_IN_PARAMETER_LIST)
+            raise CheckCondition(scsi.INVALID_FIELD_IN_PARAMETER_LIST)
         if blob[pos] & 0x40:  # SPF: sub-page format, 4-byte header
             if pos + 4 > len(blob):
-                raise CommandFailed(scsi.INVALID_FIELD_IN_PARAMETER_LIST)
+                raise CheckCondition(scsi.INVALID_FIELD_IN_PARAMETER_LIST)
             end = pos + 4 + u(blob, pos + 2, 2)
         else:
             end = pos + 2 + blob[pos + 1]
         if end > len(blob):
-            raise CommandFailed(scsi.INVALID_FIELD_IN_PARAMETER_LIST)
+            raise CheckCondition(scsi.INVALID_FIELD_IN_PARAMETER_LIST)
         pages.append(blob[pos:end])
         pos = end
     return pages
@@ -124,29 +125,29 @@ def mode_select(dev: DeviceInfo, cdb: bytes, data_out: bytes) -> None:
     pf, sp = cdb[1] & 0x10, cdb[1] & 0x01
     length = u(cdb, 7, 2) if ten else cdb[4]
     if sp:
-        raise CommandFailed(SAVING_PARAMETERS_NOT_SUPPORTED)
+        raise CheckCondition(SAVING_PARAMETERS_NOT_SUPPORTED)
     if length == 0:
         return  # SPC-4: a zero length transfers nothing and is not an error
     if not pf:  # vendor-specific page format: we have none
         raise invalid_field()
     header_len = 8 if ten else 4
     if len(data_out) < length or length < header_len:
-        raise CommandFailed(scsi.PARAMETER_LIST_LENGTH_ERROR)
+        raise CheckCondition(scsi.PARAMETER_LIST_LENGTH_ERROR)
     plist = data_out[:length]
     desc_len = u(plist, 6, 2) if ten else plist[3]
     if header_len + desc_len > length:
-        raise CommandFailed(scsi.PARAMETER_LIST_LENGTH_ERROR)
+        raise CheckCondition(scsi.PARAMETER_LIST_LENGTH_ERROR)
     if desc_len:
         long_lba = ten and bool(plist[4] & 0x01)
         if plist[header_len : header_len + desc_len] != _block_descriptor(dev, long_lba):
-            raise CommandFailed(scsi.INVALID_FIELD_IN_PARAMETER_LIST)
+            raise CheckCondition(scsi.INVALID_FIELD_IN_PARAMETER_LIST)
     for page in _split_pages(plist[header_len + desc_len :]):
         code = page[0] & 0x3F
         if page[0] & 0x40 or code not in (PAGE_CACHING, PAGE_CONTROL):
-            raise CommandFailed(scsi.INVALID_FIELD_IN_PARAMETER_LIST)
+            raise CheckCondition(scsi.INVALID_FIELD_IN_PARAMETER_LIST)
         if code == PAGE_CACHING:
             current = _caching_page(dev, PC_CURRENT)
         else:
             current = _control_page(PC_CURRENT)
         if bytes([page[0] & 0x3F]) + page[1:] != current:  # PS bit (0x80) is ignored on input
-            raise CommandFailed(scsi.INVALID_FIELD_IN_PARAMETER_LIST)
+            raise CheckCondition(scsi.INVALID_FIELD_IN_PARAMETER_LIST)

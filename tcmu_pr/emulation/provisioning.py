@@ -20,8 +20,9 @@ from collections.abc import Iterable, Iterator
 
 from tcmu_pr import scsi
 from tcmu_pr.backends.base import DataBackend
-from tcmu_pr.emulation.cdb import CommandFailed, invalid_field, u
+from tcmu_pr.emulation.cdb import invalid_field, u
 from tcmu_pr.emulation.device import DeviceInfo
+from tcmu_pr.scsi import CheckCondition
 
 #: SERVICE ACTION IN (16) service action for GET LBA STATUS (16).
 SA_GET_LBA_STATUS = 0x12
@@ -140,7 +141,7 @@ def get_lba_status(dev: DeviceInfo, backend: DataBackend, cdb: bytes, data_out: 
     if report not in _WANTED:
         raise invalid_field()
     if start >= dev.num_lbas:  # SBC-4: starting LBA beyond the capacity of the medium
-        raise CommandFailed(scsi.LBA_OUT_OF_RANGE)
+        raise CheckCondition(scsi.LBA_OUT_OF_RANGE)
     if allocation == 0:  # SPC-4 §4.2.5.6: nothing to transfer, not an error
         return b""
     # Fewer than 24 bytes still get one descriptor's worth of PARAMETER DATA LENGTH, cut by

@@ -12,8 +12,9 @@ from __future__ import annotations
 from tcmu_pr import scsi
 from tcmu_pr.backends.base import DataBackend
 from tcmu_pr.emulation.blockops import check_data_out, checked_transfer, make_durable
-from tcmu_pr.emulation.cdb import CommandFailed, check_writable, invalid_field
+from tcmu_pr.emulation.cdb import check_writable, invalid_field
 from tcmu_pr.emulation.device import DeviceInfo
+from tcmu_pr.scsi import CheckCondition
 
 VERIFY_10, VERIFY_12, VERIFY_16 = 0x2F, 0xAF, 0x8F
 WRITE_AND_VERIFY_10, WRITE_AND_VERIFY_12, WRITE_AND_VERIFY_16 = 0x2E, 0xAE, 0x8E
@@ -84,7 +85,7 @@ def verify(dev: DeviceInfo, backend: DataBackend, cdb: bytes, data_out: bytes) -
     check_data_out(dev, data_out, 1 if one_block else count)
     mismatch = _compare(dev, backend, lba, count, data_out, one_block)
     if mismatch is not None:
-        raise CommandFailed(scsi.MISCOMPARE_DURING_VERIFY, info=mismatch)
+        raise CheckCondition(scsi.MISCOMPARE_DURING_VERIFY, info=mismatch)
 
 
 def write_and_verify(dev: DeviceInfo, backend: DataBackend, cdb: bytes, data_out: bytes) -> None:
@@ -111,4 +112,4 @@ def write_and_verify(dev: DeviceInfo, backend: DataBackend, cdb: bytes, data_out
         return
     mismatch = _compare(dev, backend, lba, count, data_out, False)
     if mismatch is not None:
-        raise CommandFailed(scsi.MISCOMPARE_DURING_VERIFY, info=mismatch)
+        raise CheckCondition(scsi.MISCOMPARE_DURING_VERIFY, info=mismatch)

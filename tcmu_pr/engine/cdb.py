@@ -1,8 +1,8 @@
 """CDB and parameter-list decoding for the PR commands: bytes in, typed values out.
 
 Everything the service-action functions need is decoded here, once, so that they never
-index into a byte string.  A malformed command raises :class:`Rejected` carrying the sense
-the initiator gets; nothing here looks at the PR state.
+index into a byte string.  A malformed command raises :class:`tcmu_pr.scsi.CheckCondition`
+carrying the sense the initiator gets; nothing here looks at the PR state.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tcmu_pr import scsi
+from tcmu_pr.scsi import CheckCondition
 from tcmu_pr.state import PR_TYPES
 from tcmu_pr.transport_id import TransportID, TransportIDError, parse_transport_ids
 
@@ -37,14 +38,6 @@ BASIC_LIST_LEN = 24
 SPEC_I_PT_HEADER_LEN = 28
 #: REGISTER AND MOVE header before the TransportID (SPC-4 §6.16.4).
 MOVE_HEADER_LEN = 24
-
-
-class Rejected(Exception):
-    """The command is answered with CHECK CONDITION and this sense; nothing changes."""
-
-    def __init__(self, sense: scsi.Sense, why: str) -> None:
-        super().__init__(why)
-        self.sense = sense
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +84,14 @@ class PrinCdb:
 
 def _need(cdb: bytes, length: int) -> None:
     if len(cdb) < length:
-        raise Rejected(scsi.INVALID_FIELD_IN_CDB, f"CDB is {len(cdb)} bytes, needs {length}")
+        raise CheckCondition(scsi.INVALID_FIELD_IN_CDB, f"CDB is {len(cdb)} bytes, needs {length}")
 
 
 def decode_prout_cdb(cdb: bytes) -> ProutCdb:
     _need(cdb, 10)
     sa = cdb[1] & 0x1F
     if sa > REPLACE_LOST_RESERVATION:
-        raise Rejected(scsi.INVALID_FIELD_IN_CDB, f"unknown PR OUT service action {sa:#x}")
+        raise CheckCondition(scsi.INVALID_FIELD_IN_CDB, f"unknown PR OUT service action {sa:#x}")
     return ProutCdb(sa, cdb[2] >> 4, cdb[2] & 0x0F, int.from_bytes(cdb[5:9], "big"))
 
 
@@ -106,7 +99,7 @@ def parameter_list(cmd: ProutCdb, data: bytes) -> bytes:
     """The PARAMETER LIST LENGTH bytes of data-out; a shorter transfer is a length error."""
     plen = cmd.parameter_list_length
     if plen < BASIC_LIST_LEN or len(data) < plen:
-        raise Rejected(
+        raise CheckCondition(
             scsi.PARAMETER_LIST_LENGTH_ERROR,
             f"parameter list length {plen}, {len(data)} bytes sent; at least 24 needed",
         )
@@ -117,7 +110,9 @@ def _tids(buf: bytes) -> tuple[TransportID, ...]:
     try:
         return tuple(parse_transport_ids(buf))
     except (TransportIDError, ValueError) as exc:
-        raise Rejected(scsi.INVALID_FIELD_IN_PARAMETER_LIST, f"bad TransportID: {exc}") from exc
+        raise CheckCondition(
+            scsi.INVALID_FIELD_IN_PARAMETER_LIST, f"bad TransportID: {exc}"
+        ) from exc
 
 
 def decode_basic(sa: int, plist: bytes) -> BasicParams:
@@ -125,19 +120,23 @@ def decode_basic(sa: int, plist: bytes) -> BasicParams:
     flags = plist[20]
     spec_i_pt, all_tg_pt, aptpl = bool(flags & 0x08), bool(flags & 0x04), bool(flags & 0x01)
     if spec_i_pt and sa != REGISTER:
-        raise Rejected(scsi.INVALID_FIELD_IN_PARAMETER_LIST, "SPEC_I_PT is valid only on REGISTER")
+        raise CheckCondition(
+            scsi.INVALID_FIELD_IN_PARAMETER_LIST, "SPEC_I_PT is valid only on REGISTER"
+        )
     tids: tuple[TransportID, ...] = ()
     if not spec_i_pt:
         if len(plist) != BASIC_LIST_LEN:
-            raise Rejected(
+            raise CheckCondition(
                 scsi.PARAMETER_LIST_LENGTH_ERROR, f"list is {len(plist)} bytes, needs 24"
             )
     else:
         if len(plist) < SPEC_I_PT_HEADER_LEN:
-            raise Rejected(scsi.PARAMETER_LIST_LENGTH_ERROR, "SPEC_I_PT=1 needs at least 28 bytes")
+            raise CheckCondition(
+                scsi.PARAMETER_LIST_LENGTH_ERROR, "SPEC_I_PT=1 needs at least 28 bytes"
+            )
         tpdl = int.from_bytes(plist[24:28], "big")
         if SPEC_I_PT_HEADER_LEN + tpdl != len(plist):
-            raise Rejected(
+            raise CheckCondition(
                 scsi.PARAMETER_LIST_LENGTH_ERROR,
                 f"TRANSPORTID PARAMETER DATA LENGTH {tpdl} + 28 != list length {len(plist)}",
             )
@@ -159,18 +158,18 @@ def decode_move(plist: bytes) -> MoveParams:
     list position) is refused rather than silently ignored: REGISTER AND MOVE has no ALL_TG_PT.
     """
     if plist[16] or plist[17] & 0xFC:
-        raise Rejected(
+        raise CheckCondition(
             scsi.INVALID_FIELD_IN_PARAMETER_LIST, "reserved bits (e.g. ALL_TG_PT) in MOVE list"
         )
     tid_len = int.from_bytes(plist[20:24], "big")
     if MOVE_HEADER_LEN + tid_len != len(plist):
-        raise Rejected(
+        raise CheckCondition(
             scsi.PARAMETER_LIST_LENGTH_ERROR,
             f"TRANSPORTID LENGTH {tid_len} + 24 != list length {len(plist)}",
         )
     tids = _tids(plist[24:])
     if len(tids) != 1:
-        raise Rejected(
+        raise CheckCondition(
             scsi.INVALID_FIELD_IN_PARAMETER_LIST, f"MOVE needs one TransportID, got {len(tids)}"
         )
     return MoveParams(
@@ -187,16 +186,18 @@ def decode_prin_cdb(cdb: bytes) -> PrinCdb:
     _need(cdb, 10)
     sa = cdb[1] & 0x1F
     if sa > READ_FULL_STATUS:
-        raise Rejected(scsi.INVALID_FIELD_IN_CDB, f"unknown PR IN service action {sa:#x}")
+        raise CheckCondition(scsi.INVALID_FIELD_IN_CDB, f"unknown PR IN service action {sa:#x}")
     return PrinCdb(sa, int.from_bytes(cdb[7:9], "big"))
 
 
 def check_scope_type(cmd: ProutCdb) -> None:
     """SPC-4 §6.16.2: the actions that create a reservation need LU_SCOPE and a known type."""
     if cmd.scope != LU_SCOPE:
-        raise Rejected(scsi.INVALID_FIELD_IN_CDB, f"scope {cmd.scope:#x} is not LU_SCOPE")
+        raise CheckCondition(scsi.INVALID_FIELD_IN_CDB, f"scope {cmd.scope:#x} is not LU_SCOPE")
     if cmd.type not in PR_TYPES:
-        raise Rejected(scsi.INVALID_FIELD_IN_CDB, f"reservation type {cmd.type:#x} unsupported")
+        raise CheckCondition(
+            scsi.INVALID_FIELD_IN_CDB, f"reservation type {cmd.type:#x} unsupported"
+        )
 
 
 def decode_scsi2(cdb: bytes) -> None:
@@ -207,4 +208,6 @@ def decode_scsi2(cdb: bytes) -> None:
     """
     _need(cdb, 10 if cdb[:1] in (b"\x56", b"\x57") else 6)
     if cdb[1] & 0x13:
-        raise Rejected(scsi.INVALID_FIELD_IN_CDB, "extent/third-party reservations unsupported")
+        raise CheckCondition(
+            scsi.INVALID_FIELD_IN_CDB, "extent/third-party reservations unsupported"
+        )

@@ -18,12 +18,11 @@ from tcmu_pr.engine.cdb import (
     READ_KEYS,
     READ_RESERVATION,
     REPORT_CAPABILITIES,
-    Rejected,
     decode_prin_cdb,
 )
 from tcmu_pr.engine.scsi2 import is_scsi2_holder
 from tcmu_pr.nexus import Nexus
-from tcmu_pr.scsi import Outcome
+from tcmu_pr.scsi import CheckCondition, Outcome
 from tcmu_pr.state import ALL_REGISTRANTS_TYPES, PRState, Registration
 from tcmu_pr.transport_id import TransportIDError, encode_transport_id
 
@@ -37,7 +36,6 @@ _TMV, _PTPL_A = 0x80, 0x01
 _ALLOW_COMMANDS = 0x3 << 4
 #: A registration whose nexus no TransportID can express (e.g. a name over 223 bytes, which
 #: no real iSCSI initiator has, put in through the CLI): the report cannot be built.
-INTERNAL_TARGET_FAILURE = scsi.Sense(scsi.HARDWARE_ERROR, 0x44, 0x00)
 #: PERSISTENT RESERVATION TYPE MASK: WR_EX_AR, EX_AC_RO, WR_EX_RO, EX_AC, WR_EX | EX_AC_AR.
 _TYPE_MASK = bytes([0x80 | 0x40 | 0x20 | 0x08 | 0x02, 0x01])
 
@@ -111,10 +109,10 @@ def execute(state: PRState, nexus: Nexus, cdb: bytes) -> Outcome:
         return Outcome.conflict(state)
     try:
         cmd = decode_prin_cdb(cdb)
-    except Rejected as exc:
-        return Outcome.check(state, exc.sense)
+    except CheckCondition as exc:
+        return Outcome.refused(state, exc)
     try:
         data = _REPORTS[cmd.service_action](state, nexus)
     except TransportIDError:
-        return Outcome.check(state, INTERNAL_TARGET_FAILURE)
+        return Outcome.check(state, scsi.INTERNAL_TARGET_FAILURE)
     return Outcome.good(state, scsi.allocation_truncate(data, cmd.allocation_length))

@@ -1,7 +1,7 @@
 """PERSISTENT RESERVE OUT (SPC-4 §6.16, §5.12): one pure function per service action.
 
 Each function takes the decoded command and the current state and returns an Outcome; a
-refusal raises :class:`Rejected` (CHECK CONDITION) or returns ``Outcome.conflict``, and in
+refusal raises :class:`~tcmu_pr.scsi.CheckCondition` or returns ``Outcome.conflict``, and in
 both cases the state object is returned untouched.  Section numbers are SPC-4 r37's.
 
 Decisions the standard leaves open (documented once here):
@@ -51,7 +51,6 @@ from tcmu_pr.engine.cdb import (
     BasicParams,
     MoveParams,
     ProutCdb,
-    Rejected,
     check_scope_type,
     decode_basic,
     decode_move,
@@ -59,7 +58,7 @@ from tcmu_pr.engine.cdb import (
     parameter_list,
 )
 from tcmu_pr.nexus import Nexus, NexusError
-from tcmu_pr.scsi import Outcome
+from tcmu_pr.scsi import CheckCondition, Outcome
 from tcmu_pr.state import (
     ALL_REGISTRANTS_TYPES,
     MAX_REGISTRATIONS,
@@ -96,7 +95,7 @@ def _without(state: PRState, removed: list[Registration]) -> PRState:
 
 def _with_resources(state: PRState, adding: int) -> None:
     if len(state.registrations) + adding > MAX_REGISTRATIONS:
-        raise Rejected(scsi.INSUFFICIENT_REGISTRATION_RESOURCES, "registration table full")
+        raise CheckCondition(scsi.INSUFFICIENT_REGISTRATION_RESOURCES, "registration table full")
 
 
 def _unregister(
@@ -133,7 +132,7 @@ def _spec_i_pt_records(
         try:
             dest = tid_to_nexus(tid, nexus)
         except (NexusError, ValueError) as exc:
-            raise Rejected(_BAD_LIST, f"TransportID names no valid nexus: {exc}") from exc
+            raise CheckCondition(_BAD_LIST, f"TransportID names no valid nexus: {exc}") from exc
         rec = (dest, params.all_tg_pt)
         if rec == own or any((r.nexus, r.all_tg_pt) == rec for r in records):
             continue
@@ -141,7 +140,7 @@ def _spec_i_pt_records(
             changes.overlaps(dest, params.all_tg_pt, r.nexus, r.all_tg_pt) for r in records
         )
         if clash or changes.overlapping(state, dest, params.all_tg_pt):
-            raise Rejected(_BAD_LIST, f"SPEC_I_PT names {dest}, which is already registered")
+            raise CheckCondition(_BAD_LIST, f"SPEC_I_PT names {dest}, which is already registered")
         records.append(Registration(params.sa_key, dest, rtpi, params.all_tg_pt))
     return records
 
@@ -166,7 +165,7 @@ def register(
     if params.key != reg.key:
         return Outcome.conflict(state)
     if params.spec_i_pt:
-        raise Rejected(_BAD_LIST, "SPEC_I_PT=1 from a registered I_T nexus")
+        raise CheckCondition(_BAD_LIST, "SPEC_I_PT=1 from a registered I_T nexus")
     return _reregister(state, nexus, reg, params)
 
 
@@ -233,7 +232,7 @@ def release(
     if res is None or not state.is_holder(nexus):
         return Outcome.good(state)
     if res.type != cmd.type or cmd.scope != 0:
-        raise Rejected(scsi.INVALID_RELEASE_OF_PERSISTENT_RESERVATION, "type/scope mismatch")
+        raise CheckCondition(scsi.INVALID_RELEASE_OF_PERSISTENT_RESERVATION, "type/scope mismatch")
     uas: list[UnitAttention] = []
     if res.type in REGISTRANTS_ONLY_TYPES | ALL_REGISTRANTS_TYPES:
         others = changes.others(state.registrations, nexus)
@@ -277,7 +276,9 @@ def preempt(
     all_reg = res is not None and res.type in ALL_REGISTRANTS_TYPES
     sa_key = params.sa_key
     if sa_key == 0 and not all_reg:
-        raise Rejected(_BAD_LIST, "SERVICE ACTION RESERVATION KEY 0 without an AR reservation")
+        raise CheckCondition(
+            _BAD_LIST, "SERVICE ACTION RESERVATION KEY 0 without an AR reservation"
+        )
     if res is not None and ((all_reg and sa_key == 0) or (not all_reg and sa_key == res.key)):
         removed = [r for r in state.registrations if r != reg and (sa_key in (0, r.key))]
         after = _without(state, removed)
@@ -307,7 +308,7 @@ def _target_port_of(state: PRState, nexus: Nexus, rtpi: int | None, wanted: int)
     for port_id, where in seen:
         if port_id == wanted:
             return where
-    raise Rejected(_BAD_LIST, f"no known target port has relative identifier {wanted}")
+    raise CheckCondition(_BAD_LIST, f"no known target port has relative identifier {wanted}")
 
 
 def register_and_move(
@@ -323,24 +324,24 @@ def register_and_move(
     if reg is None:
         return Outcome.conflict(state)
     if params.sa_key == 0:
-        raise Rejected(_BAD_LIST, "REGISTER AND MOVE with SERVICE ACTION RESERVATION KEY 0")
+        raise CheckCondition(_BAD_LIST, "REGISTER AND MOVE with SERVICE ACTION RESERVATION KEY 0")
     res = state.reservation
     if res is None:
-        raise Rejected(scsi.INVALID_FIELD_IN_CDB, "REGISTER AND MOVE without a reservation")
+        raise CheckCondition(scsi.INVALID_FIELD_IN_CDB, "REGISTER AND MOVE without a reservation")
     if not state.is_holder(nexus) or res.type in ALL_REGISTRANTS_TYPES:
         return Outcome.conflict(state)
     port = _target_port_of(state, nexus, rtpi, params.rtpi)
     try:
         dest = tid_to_nexus(params.transport_id, port)
     except (NexusError, ValueError) as exc:
-        raise Rejected(_BAD_LIST, f"TransportID names no valid nexus: {exc}") from exc
+        raise CheckCondition(_BAD_LIST, f"TransportID names no valid nexus: {exc}") from exc
     if changes.same_initiator_port(dest, nexus):
-        raise Rejected(_BAD_LIST, "REGISTER AND MOVE to the sender's own initiator port")
+        raise CheckCondition(_BAD_LIST, "REGISTER AND MOVE to the sender's own initiator port")
     hits = changes.overlapping(state, dest, False)
     if reg in hits:
-        raise Rejected(_BAD_LIST, "REGISTER AND MOVE within the sender's own registration")
+        raise CheckCondition(_BAD_LIST, "REGISTER AND MOVE within the sender's own registration")
     if len(hits) > 1 or (hits and not hits[0].covers(dest)):
-        raise Rejected(_BAD_LIST, f"{dest} overlaps several registrations")
+        raise CheckCondition(_BAD_LIST, f"{dest} overlaps several registrations")
     if hits:
         regs = tuple(
             replace(r, key=params.sa_key) if r == hits[0] else r for r in state.registrations
@@ -361,7 +362,7 @@ def replace_lost_reservation(
     state: PRState, nexus: Nexus, cmd: ProutCdb, params: BasicParams, rtpi: int | None
 ) -> Outcome:
     """REPLACE LOST RESERVATION (§5.12.11.3): nothing is ever lost here, so refuse it."""
-    raise Rejected(scsi.INVALID_RELEASE_OF_PERSISTENT_RESERVATION, "no reservation was lost")
+    raise CheckCondition(scsi.INVALID_RELEASE_OF_PERSISTENT_RESERVATION, "no reservation was lost")
 
 
 _Action = Callable[[PRState, Nexus, ProutCdb, BasicParams, int | None], Outcome]
@@ -395,5 +396,5 @@ def execute(state: PRState, nexus: Nexus, cdb: bytes, data: bytes, rtpi: int | N
         if cmd.service_action in _SCOPED:
             check_scope_type(cmd)
         return _ACTIONS[cmd.service_action](state, nexus, cmd, params, rtpi)
-    except Rejected as exc:
-        return Outcome.check(state, exc.sense)
+    except CheckCondition as exc:
+        return Outcome.refused(state, exc)

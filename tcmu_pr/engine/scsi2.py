@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tcmu_pr import scsi
-from tcmu_pr.engine.cdb import Rejected, decode_scsi2
+from tcmu_pr.engine.cdb import decode_scsi2
 from tcmu_pr.engine.changes import queue_uas
 from tcmu_pr.nexus import Nexus
-from tcmu_pr.scsi import Outcome
+from tcmu_pr.scsi import CheckCondition, Outcome
 from tcmu_pr.state import ALL_REGISTRANTS_TYPES, REGISTRANTS_ONLY_TYPES, PRState, UnitAttention
 
 
@@ -67,8 +67,8 @@ def release(state: PRState, nexus: Nexus) -> Outcome:
 def execute(state: PRState, nexus: Nexus, cdb: bytes) -> Outcome:
     try:
         decode_scsi2(cdb)
-    except Rejected as exc:
-        return Outcome.check(state, exc.sense)
+    except CheckCondition as exc:
+        return Outcome.refused(state, exc)
     if cdb[0] in (scsi.RESERVE_6, scsi.RESERVE_10):
         return reserve(state, nexus)
     return release(state, nexus)

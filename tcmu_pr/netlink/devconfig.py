@@ -38,7 +38,7 @@ KNOWN_OPTIONS = ("pr_store", "nexus", "rtpi")
 _UIO_PREFIX = "tcm-user/"
 
 
-class ConfigError(ValueError):
+class DeviceStringError(ValueError):
     """A device string or dev_config we cannot serve; ``errno`` goes back to the kernel."""
 
     def __init__(self, reason: str, code: int = errno.EINVAL) -> None:
@@ -72,33 +72,33 @@ class DeviceInfo:
 def split_uio_name(text: str) -> tuple[int, str, str]:
     """``tcm-user/<hba>/<name>[/<dev_config>]`` -> (hba, name, dev_config)."""
     if not text.startswith(_UIO_PREFIX):
-        raise ConfigError(f"device {text!r} does not start with {_UIO_PREFIX!r}")
+        raise DeviceStringError(f"device {text!r} does not start with {_UIO_PREFIX!r}")
     parts = text[len(_UIO_PREFIX) :].split("/", 2)
     if len(parts) < 2 or not parts[0].isdigit() or not parts[1]:
-        raise ConfigError(f"device {text!r} is not tcm-user/<hba>/<name>/<dev_config>")
+        raise DeviceStringError(f"device {text!r} is not tcm-user/<hba>/<name>/<dev_config>")
     return int(parts[0]), parts[1], parts[2] if len(parts) == 3 else ""
 
 
 def parse_dev_config(text: str) -> DevConfig:
     """Parse our handler's dev_config; ENOENT when it names another handler."""
     if not text:
-        raise ConfigError("empty dev_config: expected tcmu-pr/<store>")
+        raise DeviceStringError("empty dev_config: expected tcmu-pr/<store>")
     if len(text) > DEV_CONFIG_MAX:
-        raise ConfigError(f"dev_config is {len(text)} characters, at most {DEV_CONFIG_MAX}")
+        raise DeviceStringError(f"dev_config is {len(text)} characters, at most {DEV_CONFIG_MAX}")
     handler, sep, rest = text.partition("/")
     if not sep or handler not in (HANDLER, HANDLER_ALIAS):
-        raise ConfigError(f"dev_config {text!r} is not for handler {HANDLER!r}", errno.ENOENT)
+        raise DeviceStringError(f"dev_config {text!r} is not for handler {HANDLER!r}", errno.ENOENT)
     store_text, *option_texts = rest.split(";")
     store = parse_store(store_text)
     options: dict[str, str] = {}
     for item in option_texts:
         key, eq, value = item.partition("=")
         if not eq or not value:
-            raise ConfigError(f"option {item!r} is not key=value")
+            raise DeviceStringError(f"option {item!r} is not key=value")
         if key not in KNOWN_OPTIONS:
-            raise ConfigError(f"unknown option {key!r} (known: {', '.join(KNOWN_OPTIONS)})")
+            raise DeviceStringError(f"unknown option {key!r} (known: {', '.join(KNOWN_OPTIONS)})")
         if key in options:
-            raise ConfigError(f"option {key!r} given twice")
+            raise DeviceStringError(f"option {key!r} given twice")
         options[key] = value
     return DevConfig(
         store=store,
@@ -114,7 +114,7 @@ def parse_store(text: str) -> StoreSpec:
     try:
         return StoreSpec.parse(text)
     except StoreSpecError as err:
-        raise ConfigError(str(err)) from None
+        raise DeviceStringError(str(err)) from None
 
 
 def _parse_nexus(text: str | None) -> Nexus | None:
@@ -123,12 +123,12 @@ def _parse_nexus(text: str | None) -> Nexus | None:
     try:
         return Nexus.parse(text)
     except NexusError as exc:
-        raise ConfigError(f"option nexus: {exc}") from None
+        raise DeviceStringError(f"option nexus: {exc}") from None
 
 
 def _parse_rtpi(text: str | None) -> int | None:
     if text is None:
         return None
     if not text.isdigit() or not 1 <= int(text) <= 0xFFFF:
-        raise ConfigError(f"option rtpi {text!r} must be 1..65535")
+        raise DeviceStringError(f"option rtpi {text!r} must be 1..65535")
     return int(text)

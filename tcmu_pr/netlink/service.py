@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tcmu_pr.netlink.devconfig import (
-    ConfigError,
     DevConfig,
     DeviceInfo,
+    DeviceStringError,
     parse_dev_config,
     split_uio_name,
 )
@@ -311,7 +311,7 @@ class NetlinkService:
         try:
             hba, name, dev_config = split_uio_name(uio_name)
             config = parse_dev_config(dev_config)
-        except ConfigError as exc:
+        except DeviceStringError as exc:
             log.error("ADDED_DEVICE %d (%s): %s", device_id, uio_name, exc)
             return -exc.errno
         info = DeviceInfo(device_id, minor, hba, name, config, uio_name)
@@ -352,7 +352,7 @@ class NetlinkService:
         if isinstance(cfg_text, str):
             try:
                 config = parse_dev_config(cfg_text)
-            except ConfigError as exc:
+            except DeviceStringError as exc:
                 log.error("RECONFIG_DEVICE %d: %s", device_id, exc)
                 return -exc.errno, {}
         if wc is not None and wc not in (0, 1):

@@ -28,8 +28,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from tcmu_pr import scsi
-from tcmu_pr.ring.loop import VERDICT_READ, VERDICT_UA, VERDICT_WRITE, RingError, RingLoop
-from tcmu_pr.ring.rw import INTERNAL_TARGET_FAILURE, PR_OPCODES
+from tcmu_pr.ring.abi import VERDICT_READ, VERDICT_UA, VERDICT_WRITE
+from tcmu_pr.ring.loop import RingError, RingLoop
+from tcmu_pr.ring.rw import PR_OPCODES
+from tcmu_pr.scsi import INTERNAL_TARGET_FAILURE
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Both implementations (:class:`tcmu_pr.ring.native.NativeRing` and
 :class:`tcmu_pr.ring.pyloop.PyRing`) serve READ/WRITE themselves and punt everything else;
 the handler completes punted entries through the same five calls, so it does not care which
-one runs.  Error codes are the C ones (native/ring.h) so both report alike.
+one runs.  Error codes are the C ones (tcmu_pr/ring/abi.py) so both report alike.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-ERR_MAILBOX = -1001  # mailbox fields out of bounds
-ERR_HEAD = -1002  # cmd_head misaligned or beyond the ring
-ERR_ENTRY = -1003  # entry header: len 0, past cmd_head or the ring end, unknown op
-ERR_PENDING = -1004  # punted commands still wait for complete()
-ERR_NOT_CMD = -1005  # complete/cdb/data_out on an offset that is no pending CMD
-ERR_IOV = -1006  # iovec outside the data area
+from tcmu_pr.ring.abi import (
+    ERR_ENTRY,
+    ERR_HEAD,
+    ERR_IOV,
+    ERR_MAILBOX,
+    ERR_NOT_CMD,
+    ERR_PENDING,
+)
 
 _NAMES = {
     ERR_MAILBOX: "bad mailbox",
@@ -27,18 +29,6 @@ _NAMES = {
     ERR_NOT_CMD: "no such pending command",
     ERR_IOV: "iovec outside the data area",
 }
-
-#: Punted entries one process() call hands out at most (RING_MAX_PUNTS in ring.h).
-MAX_PUNTS = 64
-
-#: Bits of the verdict word, as in tcmu_pr.conflict.
-VERDICT_READ = 1
-VERDICT_WRITE = 2
-VERDICT_UA = 4
-#: In a nexus slot: published (the handle is resolved); RING_VERDICT_KNOWN in ring.h.
-VERDICT_KNOWN = 8
-#: Nexus handles with a verdict slot in the loop: 1..NEXUS_SLOTS-1 (RING_NEXUS_SLOTS).
-NEXUS_SLOTS = 1024
 
 #: Lease deadline meaning "no lease"; any other value is a time of :func:`coarse_ms`, past
 #: which the loop serves nothing itself and punts every command.

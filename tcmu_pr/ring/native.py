@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol
 
-from tcmu_pr.ring.loop import MAX_PUNTS, RingError, wait_batch_over
+from tcmu_pr.ring.abi import MAX_PUNTS
+from tcmu_pr.ring.loop import RingError, wait_batch_over
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,9 @@ class NativeBackend(Protocol):
     def detach(self) -> None: ...
 
 
-_STATS = ("cmds", "fast", "punted", "conflicts", "bad", "tmrs", "pads", "kicks", "submitted")
+_STATS = (
+    "cmds", "fast", "punted", "conflicts", "bad", "tmrs", "pads", "kicks", "submitted", "flushes"
+)  # fmt: skip
 
 
 def load(module: ModuleType | None = None) -> ModuleType:
@@ -61,6 +64,12 @@ class NativeRing:
     ``RbdRingBackend(image)``, which the ring attaches now and detaches in :meth:`close`.
     ``deferred`` serves a file descriptor through the loop's submit/reap path, the one RBD
     takes, so that path is tested and measured without Ceph.
+
+    What the loop must honour of the device's SCSI face: ``max_transfer`` is the Block
+    Limits MAXIMUM TRANSFER LENGTH in blocks (0: none), longer READ/WRITEs are punted so the
+    emulation refuses them; ``write_through`` flushes after writes before GOOD, for a
+    Caching mode page WCE=0 on a backend whose completed writes may still sit in a cache
+    (librbd's); a file opened O_DSYNC needs none.
     """
 
     def __init__(
@@ -73,6 +82,8 @@ class NativeRing:
         *,
         module: ModuleType | None = None,
         deferred: bool = False,
+        max_transfer: int = 0,
+        write_through: bool = False,
     ) -> None:
         mod = load(module)
         self._ffi: Any = mod.ffi
@@ -95,6 +106,8 @@ class NativeRing:
         rc = self._lib.tcmu_ring_init(
             self._ctx, self._buf, len(mm), kick_fd, ops, self._backend, dev_size, block_size
         )
+        if not rc:
+            rc = self._lib.tcmu_ring_configure(self._ctx, max_transfer, write_through)
         if rc:
             self.close()
             raise RingError(rc, "init")

@@ -16,7 +16,7 @@ import threading
 
 from tcmu_pr import scsi
 from tcmu_pr.ring import layout as L
-from tcmu_pr.ring.loop import (
+from tcmu_pr.ring.abi import (
     ERR_ENTRY,
     ERR_HEAD,
     ERR_IOV,
@@ -25,32 +25,32 @@ from tcmu_pr.ring.loop import (
     ERR_PENDING,
     MAX_PUNTS,
     NEXUS_SLOTS,
-    NO_LEASE,
     VERDICT_KNOWN,
     VERDICT_READ,
     VERDICT_UA,
     VERDICT_WRITE,
-    RingError,
-    coarse_ms,
-    wait_batch_over,
 )
-from tcmu_pr.ring.rw import INTERNAL_TARGET_FAILURE, PR_CHANGERS, RW_OPCODES, RWError, decode_rw
+from tcmu_pr.ring.loop import NO_LEASE, RingError, coarse_ms, wait_batch_over
+from tcmu_pr.ring.rw import NO_TRANSFER_LIMIT, PR_CHANGERS, RW_OPCODES, decode_rw
+from tcmu_pr.scsi import INTERNAL_TARGET_FAILURE, CheckCondition
 
 _U32, _U64, _IOVEC = L.U32, L.U64, L.IOVEC
 
 
-class _BadEntry(Exception):
-    """An entry field is out of bounds: answer CHECK CONDITION with ``sense``."""
-
-    def __init__(self, sense: scsi.Sense) -> None:
-        self.sense = sense
-
-
 class PyRing:
-    """A device ring served in Python; same contract as NativeRing."""
+    """A device ring served in Python; same contract as NativeRing (``max_transfer`` and
+    ``write_through`` as there)."""
 
     def __init__(
-        self, mm: mmap.mmap, kick_fd: int, backend_fd: int, dev_size: int, block_size: int
+        self,
+        mm: mmap.mmap,
+        kick_fd: int,
+        backend_fd: int,
+        dev_size: int,
+        block_size: int,
+        *,
+        max_transfer: int = 0,
+        write_through: bool = False,
     ) -> None:
         if len(mm) < L.MAILBOX_SIZE or block_size <= 0:
             raise RingError(ERR_MAILBOX, "init")
@@ -80,6 +80,8 @@ class PyRing:
         self._fd = backend_fd
         self._block_size = block_size
         self._num_blocks = dev_size // block_size
+        self._max_transfer = max_transfer or NO_TRANSFER_LIMIT
+        self._write_through = write_through
         self.verdict = VERDICT_READ | VERDICT_WRITE
         self.lease_ms = NO_LEASE
         #: Odd while process() serves a batch; what publish() saw, for drain().
@@ -96,7 +98,8 @@ class PyRing:
         self._slots = [0] * NEXUS_SLOTS
         self._closed = False
         self._stats = dict.fromkeys(
-            ("cmds", "fast", "punted", "conflicts", "bad", "tmrs", "pads", "kicks", "submitted"),
+            ("cmds", "fast", "punted", "conflicts", "bad", "tmrs", "pads", "kicks", "submitted",
+             "flushes"),
             0,  # submitted: never (one command at a time)
         )
 
@@ -225,24 +228,22 @@ class PyRing:
         try:
             cnt = self._iov_cnt(ent, length)
             cdb = self._read_cdb(_U64.unpack_from(self._mm, ent + L.REQ_CDB_OFF)[0])
-        except _BadEntry as bad:
+        except CheckCondition as bad:
             self._fail(ent, bad.sense)
             return 0
         verdict, unknown = self._entry_verdict(handle, kflags)
+        pr_change = cdb is not None and cdb[0] in PR_CHANGERS
+        punt = 2 if pr_change or verdict & VERDICT_UA else (unknown or 1)
         if cdb is None or cdb[0] not in RW_OPCODES:
-            if cdb is not None and cdb[0] in PR_CHANGERS:
-                return 2
-            if unknown:
-                return unknown
-            return 2 if verdict & VERDICT_UA else 1
+            return punt
+        range_error = None
         try:
-            rw = decode_rw(cdb, self._block_size, self._num_blocks)
-        except RWError as e:
-            if e.sense is scsi.INVALID_FIELD_IN_CDB:
-                self._fail(ent, e.sense)
-                return 0
-            rw = None
-            range_error = e.sense
+            rw = decode_rw(cdb, self._block_size, self._num_blocks, self._max_transfer)
+        except CheckCondition as e:
+            rw, range_error = None, e.sense
+        else:
+            if rw is None:  # the emulation refuses it, with its field pointer
+                return punt
         if expired:  # the PR state is not vouched for: the handler re-validates first
             return 1
         if unknown:  # whose command this is, the handler finds out
@@ -255,13 +256,15 @@ class PyRing:
             self._stats["conflicts"] += 1
             return 0
         if rw is None:
+            assert range_error is not None
             self._fail(ent, range_error)
             return 0
         try:
             self._data_io(ent, cnt, rw.write, rw.offset, rw.length)
-            if rw.fua:
+            if rw.fua or (rw.write and self._write_through):
+                self._stats["flushes"] += 1
                 os.fdatasync(self._fd)
-        except _BadEntry as bad:
+        except CheckCondition as bad:
             self._fail(ent, bad.sense)
         except OSError:
             self._fail(ent, scsi.WRITE_ERROR if rw.write else scsi.READ_ERROR)
@@ -275,7 +278,7 @@ class PyRing:
     def _iov_cnt(self, ent: int, length: int) -> int:
         cnt = _U32.unpack_from(self._mm, ent + L.REQ_IOV_CNT)[0]
         if cnt > (length - L.REQ_IOV) // L.IOVEC_SIZE:
-            raise _BadEntry(INTERNAL_TARGET_FAILURE)
+            raise CheckCondition(INTERNAL_TARGET_FAILURE)
         return cnt
 
     def _iovecs(self, ent: int, cnt: int) -> list[tuple[int, int]]:
@@ -283,7 +286,7 @@ class PyRing:
         for i in range(cnt):
             base, ln = _IOVEC.unpack_from(self._mm, ent + L.REQ_IOV + i * L.IOVEC_SIZE)
             if base < self._data_off or base > self._map_size or ln > self._map_size - base:
-                raise _BadEntry(INTERNAL_TARGET_FAILURE)
+                raise CheckCondition(INTERNAL_TARGET_FAILURE)
             out.append((base, ln))
         return out
 
@@ -291,12 +294,12 @@ class PyRing:
         """The CDB, or None when it is longer than 16 bytes (never a fast-path command)."""
         size = self._map_size
         if cdb_off > size - 6:
-            raise _BadEntry(scsi.INVALID_FIELD_IN_CDB)
+            raise CheckCondition(scsi.INVALID_FIELD_IN_CDB)
         if self._mm[cdb_off] == L.VARIABLE_LENGTH_CDB and cdb_off > size - 8:
-            raise _BadEntry(scsi.INVALID_FIELD_IN_CDB)
+            raise CheckCondition(scsi.INVALID_FIELD_IN_CDB)
         n = L.cdb_length(self._mm[cdb_off : cdb_off + 8])
         if n > size - cdb_off:
-            raise _BadEntry(scsi.INVALID_FIELD_IN_CDB)
+            raise CheckCondition(scsi.INVALID_FIELD_IN_CDB)
         return bytes(self._mm[cdb_off : cdb_off + n]) if n <= 16 else None
 
     def _data_io(self, ent: int, cnt: int, write: bool, offset: int, length: int) -> None:
@@ -342,7 +345,7 @@ class PyRing:
         cdb_off = _U64.unpack_from(self._mm, entry_off + L.REQ_CDB_OFF)[0]
         try:
             first = self._read_cdb(cdb_off)
-        except _BadEntry:
+        except CheckCondition:
             raise RingError(-errno.EFAULT, "cdb") from None
         if first is not None:
             return first
@@ -353,7 +356,7 @@ class PyRing:
         length = self._pending_entry(entry_off)
         try:
             return self._iovecs(entry_off, self._iov_cnt(entry_off, length))
-        except _BadEntry:
+        except CheckCondition:
             raise RingError(ERR_IOV) from None
 
     def data_out(self, entry_off: int) -> bytes:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import pytest
 from conftest import rbd_store
 from daemon_support import NEXUS_A, NEXUS_B, DaemonRig, run_cmd, write_topology
-from pr_cdbs import REGISTER, RESERVE, basic_list, prout
+from pr_cdbs import basic_list, prout
 from ring_support import rw10
 
 from tcmu_pr import codec, scsi
 from tcmu_pr.daemon.config import DaemonConfig
+from tcmu_pr.engine.cdb import REGISTER, RESERVE
+from tcmu_pr.netlink.family import Attr
 
 pytestmark = pytest.mark.ceph
 
@@ -65,3 +67,13 @@ def test_rbd_lu_is_served_natively_and_fenced_through_the_header_xattr(
         assert done.status == scsi.RESERVATION_CONFLICT
         again = run_cmd(b, rw10(False, 8, 1), data_in=BLOCK, timeout=30)
         assert (again.status, again.data) == (scsi.GOOD, b"r" * BLOCK)
+
+        # WCE=0 (the kernel's WRITECACHE attribute): the Caching page says so, and the
+        # native loop flushes librbd before a write is GOOD.
+        assert rig.peer.reconfig(1, {Attr.WRITECACHE: 0}) == 0
+        caching = run_cmd(a, bytes([0x1A, 0x08, 0x08, 0, 64, 0]), data_in=64, timeout=30)
+        assert caching.status == scsi.GOOD and not caching.data[4 + 2] & 0x04  # WCE
+        ring = rig.daemon.manager.devices[1]._ring
+        flushes = ring.stats()["flushes"]
+        assert run_cmd(a, rw10(True, 9, 1), data_out=b"s" * BLOCK, timeout=30).status == 0
+        assert ring.stats()["flushes"] == flushes + 1

@@ -26,6 +26,7 @@ from tcmu_pr.backends.rbd_peers import PEER_PREFIX
 from tcmu_pr.lu import LogicalUnit
 from tcmu_pr.nexus import Nexus
 from tcmu_pr.pr_cdb import PREEMPT, REGISTER, REGISTER_AND_IGNORE_EXISTING_KEY, RESERVE, pr_out
+from tcmu_pr.ring import abi
 from tcmu_pr.state import UA_REGISTRATIONS_PREEMPTED, WRITE_EXCLUSIVE_REGISTRANTS_ONLY
 
 pytestmark = pytest.mark.ceph
@@ -82,7 +83,7 @@ def test_every_change_is_in_the_other_gateway_before_it_returns(
     assert b.run(VICTIM, RESERVE, key=0xB, pr_type=WE_RO).status == scsi.GOOD
     assert a.lu.state.is_holder(VICTIM)
     assert a.run(FENCER, REGISTER, sa_key=0xA).status == scsi.GOOD
-    assert conflict.verdict(b.lu.state, VICTIM) & conflict.VERDICT_WRITE
+    assert conflict.verdict(b.lu.state, VICTIM) & abi.VERDICT_WRITE
 
     outcome = a.run(FENCER, PREEMPT, key=0xA, sa_key=0xB, pr_type=WE_RO)
     assert outcome.status == scsi.GOOD, outcome
@@ -90,7 +91,7 @@ def test_every_change_is_in_the_other_gateway_before_it_returns(
     state = b.lu.state
     assert state.registration_of(VICTIM) is None and state.is_holder(FENCER)
     word = conflict.verdict(state, VICTIM)
-    assert not word & conflict.VERDICT_WRITE and word & conflict.VERDICT_UA
+    assert not word & abi.VERDICT_WRITE and word & abi.VERDICT_UA
     # The UA owed to the victim travelled in the shared state to the gateway serving it.
     ua = b.lu.take_unit_attention(VICTIM)
     assert ua is not None and (ua.asc, ua.ascq) == UA_REGISTRATIONS_PREEMPTED

@@ -22,7 +22,8 @@ import pytest
 from tcmu_pr import scsi
 from tcmu_pr.backends.base import StoreError
 from tcmu_pr.backends.rbd_data import RbdImage
-from tcmu_pr.ring.loop import VERDICT_READ, VERDICT_WRITE, RingError
+from tcmu_pr.ring.abi import VERDICT_READ, VERDICT_WRITE
+from tcmu_pr.ring.loop import RingError
 from tcmu_pr.ring.native import NativeRing
 from tcmu_pr.ring.rbd_backend import RbdRingBackend
 from tcmu_pr.ring.simulator import Completion, RingSimulator
@@ -243,3 +244,39 @@ def test_a_batch_of_writes_and_reads_overlaps_in_librbd(dev: RbdDevice, rados_io
     assert dev.ring.stats()["submitted"] == dev.ring.stats()["fast"]
     lba = next(iter(written))
     assert _python_rbd_read(rados_ioctx, rbd_image, lba * BLOCK, 8 * BLOCK) == written[lba]
+
+
+def test_write_cache_off_means_durable_at_good(
+    ceph_conf: str, rbd_image: str, rbd_io_native: Any, rados_ioctx: Any,
+    monkeypatch: pytest.MonkeyPatch,
+):  # fmt: skip
+    """WCE=0 on RBD: librbd here caches write-back (as it does by default once it has seen a
+    flush), so a completed write may exist only in this client's memory.  Without
+    write-through another client does not see it yet; with it (what the daemon sets for a
+    WCE=0 RBD device) the batch is flushed before GOOD and every other client reads it."""
+    monkeypatch.setenv(
+        "CEPH_ARGS",
+        "--rbd_cache=true --rbd_cache_policy=writeback --rbd_cache_writethrough_until_flush=false"
+        " --rbd_cache_max_dirty_age=60",
+    )
+    for write_through in (False, True):
+        image = RbdImage("rbd", rbd_image, conf=ceph_conf)
+        sim = RingSimulator(cmdr_size=16384, data_size=1 << 20)
+        ring = NativeRing(sim.mm, sim.kick_fd, RbdRingBackend(image), image.size, BLOCK,
+                          write_through=write_through)  # fmt: skip
+        try:
+            data = {lba: os.urandom(BLOCK) for lba in (8, 4096, 9000)}
+            for lba, block in data.items():
+                sim.queue(rw10(True, lba, 1), data_out=block)
+            assert ring.process() == []
+            assert [c.status for c in sim.reap()] == [0] * 3
+            seen = {lba: _python_rbd_read(rados_ioctx, rbd_image, lba * BLOCK, BLOCK)
+                    for lba in data}  # fmt: skip
+            if write_through:
+                assert seen == data and ring.stats()["flushes"] == 1
+            else:  # the cache is really write-back here: the test above means something
+                assert seen != data and ring.stats()["flushes"] == 0
+        finally:
+            ring.close()
+            sim.close()
+            image.close()

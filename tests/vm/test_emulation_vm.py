@@ -80,7 +80,20 @@ SG3_TOOLS = [
     ("sg_write_same --16 --unmap --lba=8192 --num=64", 0),
     ("sg_get_lba_status --lba=0", 0), ("sg_verify --lba=0 --count=8", 0),
     ("sg_sync --lba=0 --count=8", 0),
+    # LBA 4100 was unmapped above, so it reads zeros: the compare half of caw.bin matches
+    # once; the second time the block holds the write half, so it is a miscompare (14).
+    ("sg_compare_and_write --in=/tmp/caw.bin --lba=4100 --num=1", 0),
+    ("sg_compare_and_write --in=/tmp/caw.bin --lba=4100 --num=1", 14),
+    ("sg_write_verify --in=/tmp/wv.bin --lba=2048 --num=8", 0),
+    ("sg_write_verify --16 --bytchk=1 --in=/tmp/wv.bin --lba=2056 --num=8", 0),
 ]  # fmt: skip
+#: Data files for the tools above: one 512-byte compare block of zeros then one write block
+#: (COMPARE AND WRITE takes both in one buffer), and 8 blocks for WRITE AND VERIFY.
+SG3_DATA = (  # printf, not yes | head: the VM's shell has pipefail, and yes dies of SIGPIPE
+    "head -c 512 /dev/zero > /tmp/caw.bin && printf 'tcmu-pr!%.0s' $(seq 64) >> /tmp/caw.bin"
+    " && printf 'write-and-verify%.0s' $(seq 256) > /tmp/wv.bin"
+    " && stat -c %s /tmp/caw.bin /tmp/wv.bin"
+)
 
 
 def table(vm, backend: str) -> dict[str, tuple[str, str]]:
@@ -115,6 +128,8 @@ def test_commands_answer_as_sbc4_says_next_to_lio_and_tcmu_runner(vm):
 
 def test_sg3_utils_tools_against_ours(vm):
     env = layouts.setup(vm, "loopback-mpath:ours@file", fresh=True)
+    rc, out = vm.run(SG3_DATA, env=env, timeout=60)
+    assert (rc, out.split()) == (0, ["1024", "4096"]), out
     failed = {}
     for tool, want in SG3_TOOLS:
         rc, out = vm.run(f"{tool} ${{TCMU_PR_PATHS%% *}}", env=env, timeout=120)
