@@ -29,7 +29,7 @@ from typing import Any
 
 from tcmu_pr.lio.plan import PER_NEXUS_NAME, Device, Plan
 from tcmu_pr.lio.spec import BACKENDS, Port, Spec
-from tcmu_pr.netlink.devconfig import ConfigError, parse_dev_config
+from tcmu_pr.netlink.devconfig import DeviceStringError, parse_dev_config
 
 #: The patched target_core_user's per-backstore switch (docs/nexus-abi.md).
 NEXUS_ATTRIBUTE = "nexus_handles"
@@ -373,7 +373,7 @@ def _same_config(live: str, wanted: str) -> bool:
         return True
     try:
         a, b = parse_dev_config(live), parse_dev_config(wanted)
-    except ConfigError:
+    except DeviceStringError:
         return False
     return (a.store, a.pr_store, a.nexus, a.rtpi) == (b.store, b.pr_store, b.nexus, b.rtpi)
 

@@ -64,7 +64,7 @@ class NexusInfo:
     @property
     def nexus(self) -> Nexus:
         """The nexus string the PR state uses: the real ISID for iSCSI, "0" without one
-        (as tcmu_pr.layout writes for tcm_loop), so ``ours`` and ``ours-nexus`` agree."""
+        (as tcmu_pr.lio.spec writes for tcm_loop), so ``ours`` and ``ours-nexus`` agree."""
         return Nexus.make(self.initiator, self.target, isid=self.isid or 0, tpgt=self.tpgt)
 
 
