@@ -38,11 +38,19 @@ write1() {
         echo "  [EXPECTED $want]"; failures=$((failures + 1)); fi
 }
 
-say "two tcmu-pr daemons, one per gateway, each serving only its own devices"
+state=${TCMU_PR_STATE:-/run/tcmu-pr}
+# Which daemons this layout started: their pid files (a reset removes them; logs stay).
+if [[ -s $state/daemon-gw1.pid ]]; then
+    say "two tcmu-pr daemons, one per gateway, each serving only its own devices"
+else  # ours-nexus: one device per LU behind both gateways, the kernel names each nexus
+    say "one tcmu-pr daemon serving the LU's one device behind both gateways"
+fi
 pgrep -af 'tcmu_pr daemon|tcmu-pr daemon' | grep -v pgrep | sed 's/^/  /'
-for g in 1 2; do
-    grep -o 'serving device [0-9]*: tcm-user/[0-9]*/[^/]*' "${TCMU_PR_STATE:-/run/tcmu-pr}/daemon-gw$g.log" \
-        | sed "s/^/  gw$g daemon: /"
+for log in "$state"/daemon-gw1.log "$state"/daemon-gw2.log "$state"/daemon.log; do
+    [[ -s ${log%.log}.pid ]] || continue
+    name=${log##*/daemon-} name=${name%.log}
+    [[ $log == */daemon.log ]] && name=nexus
+    grep -o 'serving device [0-9]*: tcm-user/[0-9]*/[^/]*' "$log" | sed "s/^/  $name daemon: /"
 done
 
 say "both clients register on both gateways (4 I_T nexuses, one shared PR state)"
