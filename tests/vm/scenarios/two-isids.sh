@@ -27,32 +27,34 @@ session_disks() {
         echo "/dev/${dev:-none}"
     done
 }
-# The ISIDs LIO lists for client1's sessions on gateway 1 (0x..., leading zeros dropped).
-target_isids() {
-    grep -o 'ISID: 0x[0-9a-fA-F ]*' "$acl_info" | while read -r _ hex; do
-        hex=${hex#0x} hex=${hex// /}
-        printf '0x%x\n' "$((16#$hex))"
-    done
+# The ISID LIO shows for client1 on gateway 1 (0x..., leading zeros dropped).  The ACL's
+# info lists only the node's newest session: after the second login, the second one's.
+target_isid() {
+    local hex
+    hex=$(grep -o 'ISID: 0x[0-9a-fA-F ]*' "$acl_info" | head -n 1) || return 0
+    hex=${hex#ISID: 0x} hex=${hex// /}
+    [[ $hex =~ ^[0-9a-fA-F]{12}$ ]] && printf '0x%x\n' "$((16#$hex))"
 }
 
 echo "== second session of $init through $portal (nr_sessions=2)"
 iscsiadm -m node -T "$target" -p "$portal" -I client1 -o update \
     -n node.session.nr_sessions -v 2 || die "nr_sessions update failed"
 iscsiadm -m node -T "$target" -p "$portal" -I client1 -l 2>&1 | sed 's/^/  /'
-# Wait (deadline 60 s) for two sessions, each with its disk, both known to LIO.
+# Wait (deadline 60 s) for two sessions, each with its disk, LIO showing the new one.
+isid2=
 for ((try = 0; try < 300; try++)); do
     mapfile -t disks < <(session_disks)
-    mapfile -t isids < <(target_isids)
-    ((${#disks[@]} == 2 && ${#isids[@]} == 2)) && [[ ${disks[*]} != *none* ]] && break
+    isid2=$(target_isid)
+    ((${#disks[@]} == 2)) && [[ ${disks[*]} != *none* && -n $isid2 && $isid2 != "$isid1" ]] \
+        && break
     sleep 0.2
 done
-echo "  initiator side: ${disks[*]}; LIO's ISIDs: ${isids[*]}"
-((${#disks[@]} == 2 && ${#isids[@]} == 2)) && [[ ${disks[*]} != *none* ]] \
+echo "  initiator side: ${disks[*]}; LIO's newest ISID: $isid2 (the first: $isid1)"
+((${#disks[@]} == 2)) && [[ ${disks[*]} != *none* && -n $isid2 && $isid2 != "$isid1" ]] \
     || { iscsiadm -m session -P3; cat "$acl_info"; die "no two sessions with disks"; }
-dev2= isid2=
+dev2=
 for d in "${disks[@]}"; do [[ $d == "$dev1" ]] || dev2=$d; done
-for i in "${isids[@]}"; do [[ $i == "$isid1" ]] || isid2=$i; done
-[[ -n $dev2 && -n $isid2 ]] || die "session 1 ($dev1, ISID $isid1) not among them"
+[[ -n $dev2 ]] || die "session 1's disk $dev1 is not among them"
 echo "SESSIONS=${#disks[@]}"
 echo "ISID1=$isid1"
 echo "ISID2=$isid2"
