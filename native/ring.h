@@ -136,7 +136,7 @@ const struct ring_backend_ops *tcmu_ring_file_deferred_ops(void);
  * tests/test_ring_abi.py reads these through the cffi module and pins the two together).
  */
 
-/* Bits of ctx->verdict (tcmu_pr.conflict.verdict computes the word). */
+/* Bits of ctx->verdict (tcmu_pr.engine.conflict.verdict computes the word). */
 #define RING_VERDICT_READ 1u
 #define RING_VERDICT_WRITE 2u
 #define RING_VERDICT_UA 4u

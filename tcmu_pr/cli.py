@@ -28,9 +28,10 @@ Configure = Callable[[argparse.ArgumentParser], None]
 
 #: Modules whose import registers more subcommands (append yours).
 COMMAND_MODULES: list[str] = [
-    "tcmu_pr.demo", "tcmu_pr.bench_store", "tcmu_pr.bench_pr", "tcmu_pr.bench_ring",
+    "tcmu_pr.tools.demo", "tcmu_pr.tools.bench_store", "tcmu_pr.tools.bench_pr",
+    "tcmu_pr.tools.bench_ring",
     "tcmu_pr.lio.commands",
-    "tcmu_pr.daemon.main", "tcmu_pr.system_install",
+    "tcmu_pr.daemon.main", "tcmu_pr.system.install",
 ]
 
 
@@ -150,7 +151,7 @@ def _configure_decode(p: argparse.ArgumentParser) -> None:
 
 @command("pr", "decode", help="pr_info blob -> JSON", configure=_configure_decode)
 def _pr_decode(args: argparse.Namespace) -> int:
-    from tcmu_pr import codec, jsonform
+    from tcmu_pr.pr import codec, jsonform
 
     blob = _read_input(args.file)
     try:
@@ -169,7 +170,7 @@ def _configure_encode(p: argparse.ArgumentParser) -> None:
 
 @command("pr", "encode", help="JSON -> pr_info blob (NUL included)", configure=_configure_encode)
 def _pr_encode(args: argparse.Namespace) -> int:
-    from tcmu_pr import codec, jsonform
+    from tcmu_pr.pr import codec, jsonform
 
     raw = _read_input(args.file)
     try:
@@ -203,7 +204,7 @@ def _rtpi_arg(text: str) -> int:
 
 
 def _nexus_arg(text: str):  # type: ignore[no-untyped-def]
-    from tcmu_pr.nexus import Nexus, NexusError
+    from tcmu_pr.pr.nexus import Nexus, NexusError
 
     try:
         return Nexus.parse(text)
@@ -235,7 +236,7 @@ def _open_store(text: str, **options: object):  # type: ignore[no-untyped-def]
     """The store a user named (a relative file path is taken from the working directory)."""
     from tcmu_pr.backends import open_store
     from tcmu_pr.backends.base import StoreError, StoreOptions
-    from tcmu_pr.store_spec import StoreSpec, StoreSpecError
+    from tcmu_pr.backends.store_spec import StoreSpec, StoreSpecError
 
     try:
         return open_store(StoreSpec.parse(text, base=os.getcwd()), StoreOptions(**options))  # type: ignore[arg-type]
@@ -251,7 +252,7 @@ def _open_store(text: str, **options: object):  # type: ignore[no-untyped-def]
     configure=_configure_exec,
 )
 def _pr_exec(args: argparse.Namespace) -> int:
-    from tcmu_pr.lu import LogicalUnit
+    from tcmu_pr.unit.lu import LogicalUnit
 
     if not args.cdb:
         raise UsageError("--cdb is empty")
@@ -276,10 +277,10 @@ def _configure_show(p: argparse.ArgumentParser) -> None:
 
 @command("pr", "show", help="the stored PR state as a table", configure=_configure_show)
 def _pr_show(args: argparse.Namespace) -> int:
-    from tcmu_pr import codec
     from tcmu_pr.backends.base import StoreError
-    from tcmu_pr.render import format_state
-    from tcmu_pr.state import PRState
+    from tcmu_pr.pr import codec
+    from tcmu_pr.pr.render import format_state
+    from tcmu_pr.pr.state import PRState
 
     store = _open_store(args.store)
     try:

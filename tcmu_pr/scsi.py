@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tcmu_pr.state import PRState, UnitAttention
+from tcmu_pr.pr.state import PRState, UnitAttention
 
 # Status codes (SAM-5 §5.3).
 GOOD = 0x00

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pr_cdbs import sense_code
 
 from tcmu_pr import engine, scsi
-from tcmu_pr.nexus import Nexus
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.pr.state import PRState, Registration, Reservation
 from tcmu_pr.scsi import Outcome
-from tcmu_pr.state import PRState, Registration, Reservation
 
 TARGET = "iqn.2003-01.org.linux-iscsi.gw:rbd"
 A1 = Nexus.make("iqn.1994-05.com.redhat:a", TARGET, isid=0x23D000001, tpgt=1)

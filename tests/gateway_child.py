@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from daemon_support import DaemonRig, run_cmd, write_topology
 from ring_support import rw10
 
+from tcmu_pr.backends.store_spec import StoreSpec
 from tcmu_pr.daemon.config import DaemonConfig
 from tcmu_pr.daemon.main import setup_logging
-from tcmu_pr.store_spec import StoreSpec
 
 BLOCK = 512
 LBA = 7

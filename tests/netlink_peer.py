@@ -179,9 +179,9 @@ class PRPeer:
     statuses: list[int] = field(default_factory=list)
 
     def execute(self, nexus, cdb: bytes, data: bytes = b""):
-        from tcmu_pr import codec
         from tcmu_pr.engine import execute
-        from tcmu_pr.state import PRState
+        from tcmu_pr.pr import codec
+        from tcmu_pr.pr.state import PRState
 
         while True:
             status, text = self.kernel.get_pr_info(self.device_id)
@@ -215,7 +215,7 @@ class RecordingManager:
 
     def open_device(self, info) -> None:
         from tcmu_pr.backends import open_store
-        from tcmu_pr.lu import LogicalUnit
+        from tcmu_pr.unit.lu import LogicalUnit
 
         if self.refuse is not None:
             raise self.refuse
@@ -242,8 +242,8 @@ class RecordingManager:
         self._pr(lambda lu: lu.set_pr_info(blob), device_id)
 
     def _pr(self, call, device_id: int):
-        from tcmu_pr.lu import PRInfoRefused
         from tcmu_pr.netlink.service import DeviceError
+        from tcmu_pr.unit.lu import PRInfoRefused
 
         try:
             return call(self.lus[device_id][1])

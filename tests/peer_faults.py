@@ -23,10 +23,10 @@ from gateway_child import BLOCK, LBA, counter_of
 from tcmu_pr import scsi
 from tcmu_pr.backends import open_store
 from tcmu_pr.backends.base import Store, StoreOptions
-from tcmu_pr.lu import LogicalUnit
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.pr_cdb import PREEMPT_AND_ABORT, REGISTER, RESERVE, pr_out
-from tcmu_pr.store_spec import StoreSpec
+from tcmu_pr.backends.store_spec import StoreSpec
+from tcmu_pr.engine.pr_cdb import PREEMPT_AND_ABORT, REGISTER, RESERVE, pr_out
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.unit.lu import LogicalUnit
 
 CHILD = Path(__file__).with_name("gateway_child.py")
 FENCER = Nexus.make("iqn.2026-01.org.example:fencer", "iqn.2003-01.org.gw1:lu", isid=1)

@@ -1,6 +1,6 @@
 """Builders for PR CDBs, parameter lists and iSCSI TransportIDs, written from SPC-4 tables.
 
-Deliberately independent of tcmu_pr.engine.cdb and tcmu_pr.transport_id: the tests build
+Deliberately independent of tcmu_pr.engine.cdb and tcmu_pr.pr.transport_id: the tests build
 bytes the way an initiator (sg_persist) would, and check what the engine makes of them.
 Service-action codes are the engine's names (tcmu_pr.engine.cdb, one definition), pinned to
 SPC-4's numbers by tests/test_engine_pr_out.py.

@@ -7,7 +7,7 @@ prints for iSCSI (iqn./eui.), SAS and tcm_loop (naa.) and FC (colon WWPN) ports;
 nexuses have an empty ISID (a TransportID without one) and a few are padded to the
 longest nexus a v1 peer accepts.
 
-Every state :func:`pr_states` draws passes ``tcmu_pr.validate.check_state``; with
+Every state :func:`pr_states` draws passes ``tcmu_pr.pr.validate.check_state``; with
 ``v1=True`` it also fits a version 1 blob.
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from tcmu_pr.nexus import NEXUS_MAX_LEN, Nexus
-from tcmu_pr.state import (
+from tcmu_pr.pr.nexus import NEXUS_MAX_LEN, Nexus
+from tcmu_pr.pr.state import (
     ALL_REGISTRANTS_TYPES,
     PR_TYPES,
     UA_REGISTRATIONS_PREEMPTED,

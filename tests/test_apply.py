@@ -8,8 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from tcmu_pr import codec, engine, scsi
-from tcmu_pr.apply import (
+from tcmu_pr import engine, scsi
+from tcmu_pr.backends.file import FileSlot, sidecar_path
+from tcmu_pr.engine.pr_cdb import (
+    APTPL,
+    PREEMPT,
+    READ_KEYS,
+    REGISTER,
+    RESERVE,
+    pr_in,
+    pr_out,
+    write10,
+)
+from tcmu_pr.pr import codec
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.pr.state import MAX_REGISTRATIONS, PRState, Registration, Reservation
+from tcmu_pr.unit.apply import (
     ApplyStats,
     ContentionError,
     CorruptBlobError,
@@ -18,10 +32,6 @@ from tcmu_pr.apply import (
     apply_update,
     no_backoff,
 )
-from tcmu_pr.backends.file import FileSlot, sidecar_path
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.pr_cdb import APTPL, PREEMPT, READ_KEYS, REGISTER, RESERVE, pr_in, pr_out, write10
-from tcmu_pr.state import MAX_REGISTRATIONS, PRState, Registration, Reservation
 
 N1 = Nexus.make("iqn.1994-05.com.redhat:node1", "iqn.2003-01.org.linux-iscsi.gw:a", isid=1)
 N2 = Nexus.make("iqn.1994-05.com.redhat:node2", "iqn.2003-01.org.linux-iscsi.gw:b", isid=2)

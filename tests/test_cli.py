@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tcmu_pr import cli, codec, jsonform, scsi
+from tcmu_pr import cli, scsi
 from tcmu_pr.backends.file import sidecar_path
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.pr_cdb import (
+from tcmu_pr.engine.pr_cdb import (
     APTPL,
     READ_KEYS,
     REGISTER,
@@ -24,7 +23,9 @@ from tcmu_pr.pr_cdb import (
     pr_out,
     write10,
 )
-from tcmu_pr.state import PRState, Registration, Reservation
+from tcmu_pr.pr import codec, jsonform
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.pr.state import PRState, Registration, Reservation
 
 N1 = "iqn.1994-05.com.redhat:client1,i,0x23d000001,iqn.2003-01.org.linux-iscsi.gw:rbd,t,0x1"
 N2 = "iqn.1994-05.com.redhat:client2,i,0x23d000002,iqn.2003-01.org.linux-iscsi.gw:rbd,t,0x2"
@@ -182,7 +183,7 @@ def test_show_empty_and_populated(image: Path, capsysbinary) -> None:
 
 
 def test_show_lists_v2_fields_and_unit_attentions(image: Path, capsysbinary) -> None:
-    from tcmu_pr.state import UnitAttention
+    from tcmu_pr.pr.state import UnitAttention
 
     n1, n2 = Nexus.parse(N1), Nexus.parse(N2)
     state = PRState(

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import pr_states
 
-from tcmu_pr.codec import (
+from tcmu_pr.pr.codec import (
     V1_MAX_SIZE,
     V2_MAX_SIZE,
     BlobError,
@@ -23,15 +23,15 @@ from tcmu_pr.codec import (
     fits_v1,
     v1_obstacle,
 )
-from tcmu_pr.nexus import NEXUS_MAX_LEN, Nexus
-from tcmu_pr.state import (
+from tcmu_pr.pr.nexus import NEXUS_MAX_LEN, Nexus
+from tcmu_pr.pr.state import (
     MAX_REGISTRATIONS,
     PRState,
     Registration,
     Reservation,
     UnitAttention,
 )
-from tcmu_pr.validate import check_state
+from tcmu_pr.pr.validate import check_state
 
 
 def budget(examples: int) -> settings:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tcmu_pr.bench_store import run_store_bench
-from tcmu_pr.store_spec import StoreSpec
+from tcmu_pr.backends.store_spec import StoreSpec
+from tcmu_pr.tools.bench_store import run_store_bench
 
 PROCS, UPDATES = 4, 200
 

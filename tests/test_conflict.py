@@ -8,10 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tcmu_pr.conflict import allowed, verdict
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.ring.abi import VERDICT_READ, VERDICT_UA, VERDICT_WRITE
-from tcmu_pr.state import (
+from tcmu_pr.engine.conflict import allowed, verdict
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.pr.state import (
     PR_TYPES,
     UA_RESERVATIONS_RELEASED,
     PRState,
@@ -19,6 +18,7 @@ from tcmu_pr.state import (
     Reservation,
     UnitAttention,
 )
+from tcmu_pr.ring.abi import VERDICT_READ, VERDICT_UA, VERDICT_WRITE
 
 TPORT = "iqn.2003-01.org.linux-iscsi.gw:rbd"
 HOLDER = Nexus.make("iqn.1994-05.com.redhat:h", TPORT, isid=0x23D000001)

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from tcmu_pr.backends.base import StoreOptions
+from tcmu_pr.backends.store_spec import StoreSpec
 from tcmu_pr.daemon import config, topology
 from tcmu_pr.daemon.config import DaemonConfig, DaemonConfigError
 from tcmu_pr.daemon.topology import Placement, TopologyEntry, TopologyError, place
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.store_spec import StoreSpec
+from tcmu_pr.pr.nexus import Nexus
 
 EXAMPLE = Path(__file__).parent.parent / "tcmu_pr" / "system" / "tcmu-pr.conf"
 NA = Nexus.parse("iqn.1994-05.com.redhat:a,i,0x1,iqn.2003-01.org.gw:x,t,0x1")

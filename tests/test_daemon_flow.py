@@ -16,13 +16,13 @@ from ring_support import rw10
 
 from tcmu_pr import scsi
 from tcmu_pr.backends import open_store
+from tcmu_pr.backends.store_spec import StoreSpec
 from tcmu_pr.daemon.config import DaemonConfig
 from tcmu_pr.engine.cdb import PREEMPT, PREEMPT_AND_ABORT, REGISTER, RESERVE
-from tcmu_pr.lu import LogicalUnit
 from tcmu_pr.netlink.family import Attr
-from tcmu_pr.nexus import Nexus
+from tcmu_pr.pr.nexus import Nexus
 from tcmu_pr.ring.abi import VERDICT_UA
-from tcmu_pr.store_spec import StoreSpec
+from tcmu_pr.unit.lu import LogicalUnit
 
 KEY_A, KEY_B = 0xAAAA, 0xBBBB
 WE = 0x1  # WRITE EXCLUSIVE: only the holder writes, everyone reads

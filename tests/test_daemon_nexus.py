@@ -18,10 +18,10 @@ from pr_cdbs import basic_list, prout, sense_code
 from ring_support import rw10
 
 from tcmu_pr import scsi
-from tcmu_pr.conflict import VERDICT_UA
 from tcmu_pr.daemon.attrib import BackstoreAttribs, PRMode
 from tcmu_pr.daemon.config import DaemonConfig
 from tcmu_pr.engine.cdb import PREEMPT, REGISTER, RESERVE
+from tcmu_pr.engine.conflict import VERDICT_UA
 from tcmu_pr.netlink.nexus import NexusClient
 from tcmu_pr.ring.simulator import NEXUS_FLAGS
 
@@ -192,7 +192,7 @@ def test_unknown_nexus_refuses_pr_and_runs_data_as_unregistered(rig, handle, cap
 def test_a_change_by_another_gateway_reaches_every_nexus_slot(rig, image):
     from test_daemon_flow import elsewhere
 
-    from tcmu_pr.nexus import Nexus
+    from tcmu_pr.pr.nexus import Nexus
 
     pr(rig, 1, REGISTER, basic_list(0, KEY_A))
     pr(rig, 2, REGISTER, basic_list(0, KEY_B))

@@ -17,10 +17,12 @@ from hypothesis import strategies as st
 from pr_cdbs import basic_list, iscsi_tid, move_list, prin_cdb, prout_cdb, sense_code
 from refmodel import CONFLICT, GOOD, SENSE_NAMES, Cmd, Model
 
-from tcmu_pr import codec, conflict, engine
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.state import ALL_REGISTRANTS_TYPES, U32, PRState, Registration
-from tcmu_pr.validate import check_state
+from tcmu_pr import engine
+from tcmu_pr.engine import conflict
+from tcmu_pr.pr import codec
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.pr.state import ALL_REGISTRANTS_TYPES, U32, PRState, Registration
+from tcmu_pr.pr.validate import check_state
 
 TARGET = "iqn.2003-01.org.linux-iscsi.gw:rbd"
 INITIATORS = [f"iqn.1994-05.com.redhat:client{i}" for i in range(3)]

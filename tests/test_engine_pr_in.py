@@ -14,8 +14,8 @@ from tcmu_pr.engine.cdb import (
     REGISTER,
     REPORT_CAPABILITIES,
 )
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.state import PRState, Registration, Reservation
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.pr.state import PRState, Registration, Reservation
 
 
 def u32(v: int) -> bytes:

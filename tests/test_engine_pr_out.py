@@ -38,8 +38,8 @@ from tcmu_pr.engine.cdb import (
     REPLACE_LOST_RESERVATION,
     RESERVE,
 )
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.state import MAX_REGISTRATIONS, PRState, Registration
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.pr.state import MAX_REGISTRATIONS, PRState, Registration
 
 TYPES = [1, 3, 5, 6, 7, 8]
 AR = {7, 8}

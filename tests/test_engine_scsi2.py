@@ -9,7 +9,7 @@ from pr_cdbs import basic_list, prout
 
 from tcmu_pr import engine
 from tcmu_pr.engine.cdb import RELEASE
-from tcmu_pr.state import UnitAttention
+from tcmu_pr.pr.state import UnitAttention
 
 RESERVE_6 = bytes([0x16, 0, 0, 0, 0, 0])
 RELEASE_6 = bytes([0x17, 0, 0, 0, 0, 0])

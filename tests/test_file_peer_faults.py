@@ -21,8 +21,8 @@ from peer_faults import (
 
 from tcmu_pr import scsi
 from tcmu_pr.backends.file_peers import peers_dir
-from tcmu_pr.pr_cdb import PREEMPT_AND_ABORT, REGISTER_AND_IGNORE_EXISTING_KEY
-from tcmu_pr.store_spec import StoreSpec
+from tcmu_pr.backends.store_spec import StoreSpec
+from tcmu_pr.engine.pr_cdb import PREEMPT_AND_ABORT, REGISTER_AND_IGNORE_EXISTING_KEY
 
 pytestmark = pytest.mark.slow
 

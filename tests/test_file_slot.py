@@ -15,7 +15,7 @@ from tcmu_pr.backends import open_store
 from tcmu_pr.backends.base import StoreError
 from tcmu_pr.backends.file import FileSlot, sidecar_path
 from tcmu_pr.backends.file_store import FileStore
-from tcmu_pr.store_spec import StoreSpec
+from tcmu_pr.backends.store_spec import StoreSpec
 
 
 @pytest.fixture
@@ -127,7 +127,7 @@ def test_closed_slot_refuses_cas(image: Path) -> None:
 
 
 def test_the_benchmarks_unguarded_control_overwrites_blindly(image: Path) -> None:
-    from tcmu_pr.bench_store import Unguarded
+    from tcmu_pr.tools.bench_store import Unguarded
 
     with FileSlot(image) as slot, FileSlot(image) as other:
         blind = Unguarded(other)

@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import pr_states
 
-from tcmu_pr.codec import decode_versioned, encode
-from tcmu_pr.jsonform import JSONFormError, state_from_json, state_to_json
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.state import PRState, Registration, Reservation, UnitAttention
+from tcmu_pr.pr.codec import decode_versioned, encode
+from tcmu_pr.pr.jsonform import JSONFormError, state_from_json, state_to_json
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.pr.state import PRState, Registration, Reservation, UnitAttention
 
 GW = "iqn.2003-01.org.linux-iscsi.gw:rbd"
 N1 = f"iqn.1994-05.com.redhat:client1,i,0x23d000001,{GW},t,0x1"

@@ -18,7 +18,7 @@ from tcmu_pr.lio import plan as lio_plan
 from tcmu_pr.lio import spec as lio_spec
 from tcmu_pr.lio import topology_file
 from tcmu_pr.netlink.devconfig import DEV_CONFIG_MAX, parse_dev_config
-from tcmu_pr.nexus import Nexus
+from tcmu_pr.pr.nexus import Nexus
 
 sys.path.insert(0, str(Path(__file__).parent / "vm"))
 import layouts as vm_layouts

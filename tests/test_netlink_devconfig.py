@@ -6,14 +6,14 @@ import errno
 
 import pytest
 
+from tcmu_pr.backends.store_spec import StoreSpec
 from tcmu_pr.netlink.devconfig import (
     DevConfig,
     DeviceStringError,
     parse_dev_config,
     split_uio_name,
 )
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.store_spec import StoreSpec
+from tcmu_pr.pr.nexus import Nexus
 
 F = StoreSpec.parse
 

@@ -14,7 +14,7 @@ from netlink_peer import FAMILY_ID, NexusKernel, build, nexus_attrs, raw, u32
 
 from tcmu_pr.netlink.family import Attr, Cmd
 from tcmu_pr.netlink.nexus import NexusClient, NexusLookupError
-from tcmu_pr.nexus import Nexus
+from tcmu_pr.pr.nexus import Nexus
 
 INIT = "iqn.1994-05.com.redhat:client1"
 TPORT = "iqn.2003-01.org.linux-iscsi.gw1:lu0"

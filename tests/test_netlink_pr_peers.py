@@ -15,8 +15,9 @@ import time
 import pytest
 from netlink_peer import PRPeer, running_service
 
-from tcmu_pr import codec, scsi
-from tcmu_pr.nexus import Nexus
+from tcmu_pr import scsi
+from tcmu_pr.pr import codec
+from tcmu_pr.pr.nexus import Nexus
 
 UPDATES = 200
 

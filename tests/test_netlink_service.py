@@ -9,12 +9,12 @@ import socket
 import pytest
 from netlink_peer import FAMILY_ID, RecordingManager, build, cstr, raw, running_service, u32
 
-from tcmu_pr import codec
 from tcmu_pr.netlink.family import Attr, Cmd, decode
 from tcmu_pr.netlink.service import NetlinkService, Reconfig
 from tcmu_pr.netlink.socket import FamilyNotFound, KernelTransport, PacketTransport
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.state import PRState, Registration
+from tcmu_pr.pr import codec
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.pr.state import PRState, Registration
 
 NEXUS = Nexus.make(
     "iqn.1994-05.com.redhat:client1", "iqn.2003-01.org.linux-iscsi.gw:rbd", isid=0x23D000001

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tcmu_pr.bench_ring import measure, report, reservation_verdict
 from tcmu_pr.cli import main
+from tcmu_pr.tools.bench_ring import measure, report, reservation_verdict
 
 
 def test_reservation_verdict_is_computed_and_allows_the_holder():

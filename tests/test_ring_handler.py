@@ -118,13 +118,14 @@ def test_reservation_on_one_gateway_fences_the_other(tmp_path):
     """Gateway A registers and reserves (Write Exclusive) through its ring; gateway B,
     another ring on the same image, then gets RESERVATION CONFLICT for WRITE from its native
     fast path, while its READs and A's WRITEs still run."""
-    from tcmu_pr import codec, conflict
-    from tcmu_pr.apply import apply
     from tcmu_pr.backends.file import FileSlot
-    from tcmu_pr.nexus import Nexus
-    from tcmu_pr.pr_cdb import REGISTER, RESERVE, pr_out
+    from tcmu_pr.engine import conflict
+    from tcmu_pr.engine.pr_cdb import REGISTER, RESERVE, pr_out
+    from tcmu_pr.pr import codec
+    from tcmu_pr.pr.nexus import Nexus
+    from tcmu_pr.pr.state import PRState
     from tcmu_pr.ring import abi
-    from tcmu_pr.state import PRState
+    from tcmu_pr.unit.apply import apply
 
     image = tmp_path / "lun.img"
     image.write_bytes(bytes(1 << 20))

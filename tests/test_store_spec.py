@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tcmu_pr.store_spec import StoreSpec, StoreSpecError
+from tcmu_pr.backends.store_spec import StoreSpec, StoreSpecError
 
 GOOD = [
     ("file:/srv/lu0.img", StoreSpec("file", path="/srv/lu0.img")),

@@ -13,7 +13,7 @@ import pytest
 
 from tcmu_pr import cli
 from tcmu_pr.daemon import config
-from tcmu_pr.system_install import FILES, MARK, install
+from tcmu_pr.system.install import FILES, MARK, install
 
 
 def test_install_writes_every_file_and_the_config_once(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tcmu_pr.nexus import PROTO_FC, PROTO_ISCSI, PROTO_SAS, Nexus
-from tcmu_pr.transport_id import (
+from tcmu_pr.pr.nexus import PROTO_FC, PROTO_ISCSI, PROTO_SAS, Nexus
+from tcmu_pr.pr.transport_id import (
     TransportID,
     TransportIDError,
     encode_transport_id,

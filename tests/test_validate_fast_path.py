@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import registrations
 
-from tcmu_pr.state import Registration
-from tcmu_pr.validate import StateError, _check_registrations, _plainly_valid
+from tcmu_pr.pr.state import Registration
+from tcmu_pr.pr.validate import StateError, _check_registrations, _plainly_valid
 
 # Registrations that are sometimes malformed: wrong types, out-of-range values, duplicates.
 _odd_values = st.one_of(st.just(-1), st.just(2**64), st.just(True), st.just("1"), st.none())

@@ -1,7 +1,7 @@
 """Backing stores: where a LU's data, its ``pr_info`` slot and its change watch live.
 
 :func:`open_store` is the only place that knows which implementation a
-:class:`~tcmu_pr.store_spec.StoreSpec` names; everything above works on the
+:class:`~tcmu_pr.backends.store_spec.StoreSpec` names; everything above works on the
 :class:`~tcmu_pr.backends.base.Store` interface.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 
 from tcmu_pr.backends.base import Store, StoreError, StoreOptions
-from tcmu_pr.store_spec import StoreSpec
+from tcmu_pr.backends.store_spec import StoreSpec
 
 
 def open_store(spec: StoreSpec, options: StoreOptions | None = None) -> Store:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from tcmu_pr.store_spec import StoreSpec
+from tcmu_pr.backends.store_spec import StoreSpec
 
 #: Seconds a change waits for the other participants before cutting them off.
 DEFAULT_ACK_TIMEOUT = 5.0

@@ -18,7 +18,7 @@ from tcmu_pr.backends.base import (
 from tcmu_pr.backends.file import FileSlot
 from tcmu_pr.backends.file_data import FileDataBackend
 from tcmu_pr.backends.file_peers import FilePeers
-from tcmu_pr.store_spec import StoreSpec
+from tcmu_pr.backends.store_spec import StoreSpec
 
 
 class FileStore:

@@ -10,7 +10,7 @@ Lease: a gateway may be frozen (SIGSTOP, a VM pause) past the ack timeout and th
 holding the state it had.  Its verdicts are therefore only good for half the ack timeout
 without proof that it missed nothing (:meth:`still_current`: the watch was confirmed within
 the lease and no announcement waits); past that its devices punt every command to the slow
-path, which re-reads before answering (tcmu_pr/lu.py).  librados confirms a watch at
+path, which re-reads before answering (tcmu_pr/unit/lu.py).  librados confirms a watch at
 each objecter tick, so the tick is set to a third of the lease.
 """
 
@@ -23,7 +23,7 @@ from tcmu_pr.backends.rados_cas import Cluster
 from tcmu_pr.backends.rbd import RbdPRSlot
 from tcmu_pr.backends.rbd_data import RbdImage
 from tcmu_pr.backends.rbd_peers import RbdPeers
-from tcmu_pr.store_spec import StoreSpec
+from tcmu_pr.backends.store_spec import StoreSpec
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 On ADDED_DEVICE the netlink service calls :meth:`DeviceManager.open_device`; we place the
 device (topology.py), take its stores, map its ring (rings.py), join it to its LU
-(tcmu_pr/lu.py), and start one thread that waits on the ring and serves it.  One thread per
+(tcmu_pr/unit/lu.py), and start one thread that waits on the ring and serves it.  One thread per
 ring: the kernel answers each ring in order anyway, a slow command on one LU never stalls
 another, and the native loop releases the GIL while it moves data.
 
@@ -10,7 +10,7 @@ Ownership, so that each store has one connection per daemon:
 
 - **stores**: one :class:`~tcmu_pr.backends.base.Store` per store spec, shared (counted) by
   every device whose data lives there and by the LU whose PR state lives there;
-- **LUs**: one :class:`~tcmu_pr.lu.LogicalUnit` per PR store spec, shared by its devices and
+- **LUs**: one :class:`~tcmu_pr.unit.lu.LogicalUnit` per PR store spec, shared by its devices and
   by the netlink GET/SET_PR_INFO service;
 - **devices**: borrow the data backend and the LU; own their ring, emulator and thread.
 
@@ -41,9 +41,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tcmu_pr import scsi
-from tcmu_pr.apply import ApplyError
 from tcmu_pr.backends.base import DataBackend, Store, StoreError, StoreOptions
 from tcmu_pr.backends.file_data import FileDataBackend
+from tcmu_pr.backends.store_spec import StoreSpec
 from tcmu_pr.daemon import topology
 from tcmu_pr.daemon.attrib import BackstoreAttribs, PRMode, choose
 from tcmu_pr.daemon.config import DaemonConfig
@@ -51,15 +51,15 @@ from tcmu_pr.daemon.rings import RingEndpoint, RingSource, UioRingSource, make_r
 from tcmu_pr.emulation import DeviceConfigError, Emulator
 from tcmu_pr.emulation import DeviceInfo as EmuDevice
 from tcmu_pr.emulation.provisioning import unmap_granularity
-from tcmu_pr.lu import LogicalUnit, PRInfoRefused
 from tcmu_pr.netlink.devconfig import DevConfig, DeviceInfo
 from tcmu_pr.netlink.nexus import NexusInfo, NexusLookupError
 from tcmu_pr.netlink.service import DeviceError, Reconfig
-from tcmu_pr.nexus import Nexus
+from tcmu_pr.pr.nexus import Nexus
 from tcmu_pr.ring.handler import Emulate, NexusRoute, PRHooks, Reply, RingHandler
 from tcmu_pr.ring.layout import KFLAG_NEXUS_NEW_SESSION
 from tcmu_pr.ring.loop import RingError, RingLoop
-from tcmu_pr.store_spec import StoreSpec
+from tcmu_pr.unit.apply import ApplyError
+from tcmu_pr.unit.lu import LogicalUnit, PRInfoRefused
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +320,7 @@ class Device:
             self.failed = err
             log.exception("device %s: ring thread failed", self.name)
 
-    # -- the LU's side (tcmu_pr.lu.Member) ------------------------------------------------
+    # -- the LU's side (tcmu_pr.unit.lu.Member) ------------------------------------------------
 
     def publish_verdict(self, word: int, lease_deadline_ms: int) -> None:
         """Called by the LU, under its lock: the only writer of the ring's verdict word."""

@@ -2,7 +2,7 @@
 
 Threads: the main thread answers netlink (the kernel keeps one command per device
 outstanding, so serial is enough); one thread per device ring (devices.py); each LU's store
-listens for the other gateways' change announcements on threads of its own (tcmu_pr/lu.py,
+listens for the other gateways' change announcements on threads of its own (tcmu_pr/unit/lu.py,
 backends/); optionally the D-Bus thread.  SIGTERM/SIGINT set one stop event: the netlink
 loop returns within its poll interval, every device finishes its current batch (all punted
 commands answered) and closes, then the stores and D-Bus stop, and the process exits 0.

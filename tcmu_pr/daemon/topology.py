@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tcmu_pr.backends.store_spec import StoreSpec, StoreSpecError
 from tcmu_pr.lio.topology_file import device_key as device_key  # the key, defined once
-from tcmu_pr.nexus import Nexus, NexusError
-from tcmu_pr.store_spec import StoreSpec, StoreSpecError
+from tcmu_pr.pr.nexus import Nexus, NexusError
 
 _STRINGS = ("lu", "store", "pr_store", "identity", "nexus")
 

@@ -1,7 +1,7 @@
 """The pure SPC-4 persistent-reservation engine: (state, nexus, CDB, data) -> Outcome.
 
 No I/O and no clock: the same inputs always give the same answer, which is what lets
-:mod:`tcmu_pr.apply` re-run a command on a re-read state after losing a compare-and-swap.
+:mod:`tcmu_pr.unit.apply` re-run a command on a re-read state after losing a compare-and-swap.
 The dispatcher below routes by opcode; PERSISTENT RESERVE OUT then routes by service action
 (:mod:`.pr_out`), PERSISTENT RESERVE IN by report (:mod:`.pr_in`), RESERVE/RELEASE go to
 :mod:`.scsi2`.  Any other CDB is only checked against the reservations (conflict.py).
@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tcmu_pr import conflict, scsi
-from tcmu_pr.engine import pr_in, pr_out, scsi2
-from tcmu_pr.nexus import Nexus
+from tcmu_pr import scsi
+from tcmu_pr.engine import conflict, pr_in, pr_out, scsi2
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.pr.state import PRState, UnitAttention
 from tcmu_pr.scsi import Outcome
-from tcmu_pr.state import PRState, UnitAttention
 
 __all__ = ["execute", "take_unit_attention"]
 

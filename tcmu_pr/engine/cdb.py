@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tcmu_pr import scsi
+from tcmu_pr.pr.state import PR_TYPES
+from tcmu_pr.pr.transport_id import TransportID, TransportIDError, parse_transport_ids
 from tcmu_pr.scsi import CheckCondition
-from tcmu_pr.state import PR_TYPES
-from tcmu_pr.transport_id import TransportID, TransportIDError, parse_transport_ids
 
 # PERSISTENT RESERVE OUT service actions (SPC-4 §6.16.2).
 REGISTER = 0x00

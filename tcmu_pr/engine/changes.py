@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.state import ALL_REGISTRANTS_TYPES, U32, PRState, Registration, UnitAttention
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.pr.state import ALL_REGISTRANTS_TYPES, U32, PRState, Registration, UnitAttention
 
 #: Pending UAs kept per addressee; a newer one pushes out that addressee's oldest.  SAM-5 lets
 #: a device server drop UAs it cannot queue; the newest PR change is the one worth telling.

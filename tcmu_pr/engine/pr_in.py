@@ -21,10 +21,10 @@ from tcmu_pr.engine.cdb import (
     decode_prin_cdb,
 )
 from tcmu_pr.engine.scsi2 import is_scsi2_holder
-from tcmu_pr.nexus import Nexus
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.pr.state import ALL_REGISTRANTS_TYPES, PRState, Registration
+from tcmu_pr.pr.transport_id import TransportIDError, encode_transport_id
 from tcmu_pr.scsi import CheckCondition, Outcome
-from tcmu_pr.state import ALL_REGISTRANTS_TYPES, PRState, Registration
-from tcmu_pr.transport_id import TransportIDError, encode_transport_id
 
 # REPORT CAPABILITIES (§6.15.4) byte 2 and byte 3 bits.
 _CRH, _SIP_C, _ATP_C, _PTPL_C = 0x10, 0x08, 0x04, 0x01

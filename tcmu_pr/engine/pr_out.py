@@ -57,9 +57,8 @@ from tcmu_pr.engine.cdb import (
     decode_prout_cdb,
     parameter_list,
 )
-from tcmu_pr.nexus import Nexus, NexusError
-from tcmu_pr.scsi import CheckCondition, Outcome
-from tcmu_pr.state import (
+from tcmu_pr.pr.nexus import Nexus, NexusError
+from tcmu_pr.pr.state import (
     ALL_REGISTRANTS_TYPES,
     MAX_REGISTRATIONS,
     REGISTRANTS_ONLY_TYPES,
@@ -71,7 +70,8 @@ from tcmu_pr.state import (
     Reservation,
     UnitAttention,
 )
-from tcmu_pr.transport_id import tid_to_nexus
+from tcmu_pr.pr.transport_id import tid_to_nexus
+from tcmu_pr.scsi import CheckCondition, Outcome
 
 _BAD_LIST = scsi.INVALID_FIELD_IN_PARAMETER_LIST
 

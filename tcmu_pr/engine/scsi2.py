@@ -16,9 +16,9 @@ from dataclasses import replace
 from tcmu_pr import scsi
 from tcmu_pr.engine.cdb import decode_scsi2
 from tcmu_pr.engine.changes import queue_uas
-from tcmu_pr.nexus import Nexus
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.pr.state import ALL_REGISTRANTS_TYPES, REGISTRANTS_ONLY_TYPES, PRState, UnitAttention
 from tcmu_pr.scsi import CheckCondition, Outcome
-from tcmu_pr.state import ALL_REGISTRANTS_TYPES, REGISTRANTS_ONLY_TYPES, PRState, UnitAttention
 
 
 def is_scsi2_holder(state: PRState, nexus: Nexus) -> bool:

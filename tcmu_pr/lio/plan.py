@@ -21,7 +21,7 @@ from tcmu_pr.emulation.device import lu_serial
 from tcmu_pr.lio.spec import BACKENDS, CONTROL_KEYS, Port, Spec, nexus_of
 from tcmu_pr.lio.topology_file import device_key
 from tcmu_pr.netlink.devconfig import DEV_CONFIG_MAX
-from tcmu_pr.nexus import Nexus
+from tcmu_pr.pr.nexus import Nexus
 
 #: A per-nexus device's name; ``lu`` is its LU's.
 PER_NEXUS_NAME = re.compile(r"(?P<lu>[A-Za-z0-9][A-Za-z0-9_-]{0,31})\.p\d+\.i\d+")

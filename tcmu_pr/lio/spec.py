@@ -8,10 +8,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from tcmu_pr.backends.store_spec import StoreSpec, StoreSpecError
 from tcmu_pr.lio.topology_file import DEFAULT_TOPOLOGY
 from tcmu_pr.netlink.devconfig import DEV_CONFIG_MAX
-from tcmu_pr.nexus import Nexus, NexusError
-from tcmu_pr.store_spec import StoreSpec, StoreSpecError
+from tcmu_pr.pr.nexus import Nexus, NexusError
 
 #: backend name -> (kind, TCMU handler).  ``user`` kinds are served in user space (ours, or
 #: tcmu-runner for comparison); the LIO kinds get one shared device and LIO's own PR

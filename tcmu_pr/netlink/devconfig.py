@@ -16,7 +16,7 @@ The slash spelling exists because rtslib-fb (so targetcli) refuses ``:`` in a us
 config, e.g. ``tcmu-pr/file//srv/lu0.img`` as tcmu-runner's ``qcow//path``.  The kernel
 splits its control string at commas, so a nexus (which has commas) cannot travel in a
 dev_config written through configfs: the daemon's topology file is where nexuses live.
-Values cannot contain ``;``.  Stores are parsed by :class:`tcmu_pr.store_spec.StoreSpec`.
+Values cannot contain ``;``.  Stores are parsed by :class:`tcmu_pr.backends.store_spec.StoreSpec`.
 Pure parsing, no I/O: whether the file or image exists is found out when the store is opened.
 """
 
@@ -25,8 +25,8 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
-from tcmu_pr.nexus import Nexus, NexusError
-from tcmu_pr.store_spec import StoreSpec, StoreSpecError
+from tcmu_pr.backends.store_spec import StoreSpec, StoreSpecError
+from tcmu_pr.pr.nexus import Nexus, NexusError
 
 HANDLER = "tcmu-pr"
 #: The same handler as targetcli spells it: D-Bus object paths allow no "-" (see daemon/dbus.py).

@@ -31,7 +31,7 @@ from tcmu_pr.netlink.family import (
     split,
 )
 from tcmu_pr.netlink.socket import Transport
-from tcmu_pr.nexus import PROTO_ISCSI, Nexus, NexusError
+from tcmu_pr.pr.nexus import PROTO_ISCSI, Nexus, NexusError
 
 #: The ISID is 48 bits (SAM-5 iSCSI initiator port: 6 bytes).
 ISID_MAX = (1 << 48) - 1

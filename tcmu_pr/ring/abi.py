@@ -8,7 +8,7 @@ module and asserts each equals its name here, so the two cannot drift apart.
 
 from __future__ import annotations
 
-#: Bits of the per-device verdict word (tcmu_pr.conflict.verdict computes it).
+#: Bits of the per-device verdict word (tcmu_pr.engine.conflict.verdict computes it).
 #: READ(6/10/12/16/32) may run on this nexus.
 VERDICT_READ = 1
 #: WRITE(6/10/12/16/32) may run on this nexus.

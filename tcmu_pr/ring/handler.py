@@ -12,7 +12,7 @@ Everything device-specific is injected:
   READ CAPACITY, ... and READ/WRITE when the fast path punted them).  The default answers
   TEST UNIT READY and rejects the rest with INVALID COMMAND OPERATION CODE.
 - :class:`PRHooks`: PERSISTENT RESERVE IN/OUT and RESERVE/RELEASE(6/10) (the daemon runs
-  them through its LU, tcmu_pr/lu.py), the conflict check for other punted commands, the
+  them through its LU, tcmu_pr/unit/lu.py), the conflict check for other punted commands, the
   unit attention owed to this nexus, the verdict word for the fast path, whether the PR
   state can be vouched for right now, and the admission bracket a PR change waits on.
 """
@@ -68,11 +68,11 @@ class PRHooks:
 
     #: PR IN/OUT, RESERVE/RELEASE(6/10): the engine's answer, the state change stored.
     execute: Emulate = _no_pr
-    #: The conflict check for a punted non-PR command (tcmu_pr.conflict.allowed).
+    #: The conflict check for a punted non-PR command (tcmu_pr.engine.conflict.allowed).
     allowed: Callable[[bytes], bool] = lambda cdb: True
     #: Take (remove from the shared state) the unit attention owed to this nexus, as sense.
     take_unit_attention: Callable[[], bytes | None] = lambda: None
-    #: The verdict word for the fast path (tcmu_pr.conflict.verdict on the current state).
+    #: The verdict word for the fast path (tcmu_pr.engine.conflict.verdict on the current state).
     verdict: Callable[[], int] = lambda: VERDICT_READ | VERDICT_WRITE
     #: False while the PR state cannot be vouched for (a lease ran out, the gateway was cut
     #: off): everything but INQUIRY/REPORT LUNS is answered NOT READY, nothing from the state.

@@ -1,1 +1,1 @@
-"""Files a gateway host installs (tcmu_pr/system_install.py): package data."""
+"""What a gateway host installs: ``tcmu-pr system install`` (install.py) and its package data."""

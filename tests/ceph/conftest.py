@@ -133,7 +133,7 @@ def rbd_store(conf: str, image: str, **options: Any) -> Any:
     """An RbdStore on pool rbd (one RADOS client, as one gateway has)."""
     from tcmu_pr.backends.base import StoreOptions
     from tcmu_pr.backends.rbd_store import RbdStore
-    from tcmu_pr.store_spec import StoreSpec
+    from tcmu_pr.backends.store_spec import StoreSpec
 
     return RbdStore(StoreSpec("rbd", pool="rbd", image=image),
                     StoreOptions(ceph_conf=conf, **options))  # fmt: skip

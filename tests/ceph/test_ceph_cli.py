@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.pr_cdb import (
+from tcmu_pr.engine.pr_cdb import (
     PREEMPT,
     READ_KEYS,
     READ_RESERVATION,
@@ -21,6 +20,7 @@ from tcmu_pr.pr_cdb import (
     pr_out,
     write10,
 )
+from tcmu_pr.pr.nexus import Nexus
 
 pytestmark = pytest.mark.ceph
 

@@ -10,10 +10,11 @@ from daemon_support import NEXUS_A, NEXUS_B, DaemonRig, run_cmd, write_topology
 from pr_cdbs import basic_list, prout
 from ring_support import rw10
 
-from tcmu_pr import codec, scsi
+from tcmu_pr import scsi
 from tcmu_pr.daemon.config import DaemonConfig
 from tcmu_pr.engine.cdb import REGISTER, RESERVE
 from tcmu_pr.netlink.family import Attr
+from tcmu_pr.pr import codec
 
 pytestmark = pytest.mark.ceph
 

@@ -21,8 +21,8 @@ from peer_faults import (
 )
 
 from tcmu_pr import scsi
-from tcmu_pr.pr_cdb import REGISTER_AND_IGNORE_EXISTING_KEY
-from tcmu_pr.store_spec import StoreSpec
+from tcmu_pr.backends.store_spec import StoreSpec
+from tcmu_pr.engine.pr_cdb import REGISTER_AND_IGNORE_EXISTING_KEY
 
 pytestmark = [pytest.mark.ceph, pytest.mark.slow]
 

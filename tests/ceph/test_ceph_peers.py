@@ -19,15 +19,22 @@ from typing import Any
 import pytest
 from conftest import rbd_store
 
-from tcmu_pr import conflict, scsi
+from tcmu_pr import scsi
 from tcmu_pr.backends.base import StoreError
 from tcmu_pr.backends.rados_cas import Cluster
 from tcmu_pr.backends.rbd_peers import PEER_PREFIX
-from tcmu_pr.lu import LogicalUnit
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.pr_cdb import PREEMPT, REGISTER, REGISTER_AND_IGNORE_EXISTING_KEY, RESERVE, pr_out
+from tcmu_pr.engine import conflict
+from tcmu_pr.engine.pr_cdb import (
+    PREEMPT,
+    REGISTER,
+    REGISTER_AND_IGNORE_EXISTING_KEY,
+    RESERVE,
+    pr_out,
+)
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.pr.state import UA_REGISTRATIONS_PREEMPTED, WRITE_EXCLUSIVE_REGISTRANTS_ONLY
 from tcmu_pr.ring import abi
-from tcmu_pr.state import UA_REGISTRATIONS_PREEMPTED, WRITE_EXCLUSIVE_REGISTRANTS_ONLY
+from tcmu_pr.unit.lu import LogicalUnit
 
 pytestmark = pytest.mark.ceph
 

@@ -8,14 +8,15 @@ from typing import Any
 import pytest
 from conftest import rbd_store
 
-from tcmu_pr import codec, scsi
+from tcmu_pr import scsi
 from tcmu_pr.backends import open_store
 from tcmu_pr.backends.base import StoreError, StoreOptions
 from tcmu_pr.backends.rbd import MAX_BLOB, PR_XATTR, RbdPRSlot
 from tcmu_pr.backends.rbd_store import RbdStore
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.pr_cdb import READ_KEYS, REGISTER, parse_read_keys, pr_in, pr_out
-from tcmu_pr.store_spec import StoreSpec
+from tcmu_pr.backends.store_spec import StoreSpec
+from tcmu_pr.engine.pr_cdb import READ_KEYS, REGISTER, parse_read_keys, pr_in, pr_out
+from tcmu_pr.pr import codec
+from tcmu_pr.pr.nexus import Nexus
 
 pytestmark = pytest.mark.ceph
 
@@ -126,7 +127,7 @@ def test_open_store_names_the_header_xattr(ceph_conf: str, rbd_image: str) -> No
 def test_hand_written_suse_v1_blob_is_read_and_updated(
     slot: RbdPRSlot, rados_ioctx: Any, header_oid: str
 ) -> None:
-    from tcmu_pr.apply import apply
+    from tcmu_pr.unit.apply import apply
 
     rados_ioctx.set_xattr(header_oid, PR_XATTR, SUSE_V1_BLOB)
     state = codec.decode(slot.read())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tcmu_pr.bench_store import run_store_bench
-from tcmu_pr.store_spec import StoreSpec
+from tcmu_pr.backends.store_spec import StoreSpec
+from tcmu_pr.tools.bench_store import run_store_bench
 
 pytestmark = [pytest.mark.ceph, pytest.mark.slow]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import layouts
 import pytest
 
-from tcmu_pr.nexus import Nexus
+from tcmu_pr.pr.nexus import Nexus
 
 pytestmark = pytest.mark.vm
 

@@ -22,14 +22,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tcmu_pr.backends.store_spec import StoreSpec, StoreSpecError
 from tcmu_pr.cli import UsageError, command
-from tcmu_pr.store_spec import StoreSpec, StoreSpecError
 
 DEFAULT_COUNTS = (10, 100, 1000, 2048)
 
 
 def _nexus(i: int):  # type: ignore[no-untyped-def]
-    from tcmu_pr.nexus import Nexus
+    from tcmu_pr.pr.nexus import Nexus
 
     return Nexus.make(f"iqn.2026-01.org.example:host{i:05d}", "iqn.2003-01.org.gw:bench",
                       isid=i + 1, tpgt=1)  # fmt: skip
@@ -38,7 +38,7 @@ def _nexus(i: int):  # type: ignore[no-untyped-def]
 def _peer(spec: StoreSpec, ready, stop) -> None:  # type: ignore[no-untyped-def]
     """A gateway that only serves: it applies and acknowledges every change."""
     from tcmu_pr.backends import open_store
-    from tcmu_pr.lu import LogicalUnit
+    from tcmu_pr.unit.lu import LogicalUnit
 
     store = open_store(spec)
     lu = LogicalUnit(store)
@@ -65,8 +65,8 @@ def _time(run: Callable[[], object], changes: int) -> list[float]:
 def _row(lu, me, keys, changes: int, peers: int) -> str:  # type: ignore[no-untyped-def]
     """One registration count: the three ways, side by side."""
     from tcmu_pr import scsi
-    from tcmu_pr.apply import BlobCache, apply
-    from tcmu_pr.pr_cdb import REGISTER_AND_IGNORE_EXISTING_KEY, pr_out
+    from tcmu_pr.engine.pr_cdb import REGISTER_AND_IGNORE_EXISTING_KEY, pr_out
+    from tcmu_pr.unit.apply import BlobCache, apply
 
     def command() -> tuple[bytes, bytes]:
         return pr_out(REGISTER_AND_IGNORE_EXISTING_KEY, sa_key=next(keys))
@@ -89,10 +89,10 @@ def _row(lu, me, keys, changes: int, peers: int) -> str:  # type: ignore[no-unty
 
 def bench(spec: StoreSpec, counts: tuple[int, ...], changes: int, peers: int) -> list[str]:
     """One table row per registration count (the lines printed)."""
-    from tcmu_pr import codec
     from tcmu_pr.backends import open_store
-    from tcmu_pr.lu import LogicalUnit
-    from tcmu_pr.state import PRState, Registration
+    from tcmu_pr.pr import codec
+    from tcmu_pr.pr.state import PRState, Registration
+    from tcmu_pr.unit.lu import LogicalUnit
 
     ctx = mp.get_context("spawn")  # librados must not be forked into a child
     stop = ctx.Event()

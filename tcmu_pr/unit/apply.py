@@ -9,7 +9,7 @@ which an initiator retries.  SUSE's target_core_rbd answered GOOD on a lost race
 bug this module exists not to have.
 
 Telling the other gateways is not done here: the caller learns whether a new blob landed
-(:class:`Applied`, :class:`Landed`) and confirms it through its store (tcmu_pr/lu.py).
+(:class:`Applied`, :class:`Landed`) and confirms it through its store (tcmu_pr/unit/lu.py).
 
 Cost at scale: a blob with a thousand registrations takes milliseconds to decode, and every
 change reads the blob once or more.  A :class:`BlobCache` remembers the decoded state of the
@@ -25,10 +25,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tcmu_pr import codec, engine, scsi
+from tcmu_pr import engine, scsi
 from tcmu_pr.backends.base import PRSlot, StoreError
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.state import MAX_REGISTRATIONS, U32, PRState
+from tcmu_pr.pr import codec
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.pr.state import MAX_REGISTRATIONS, U32, PRState
 
 log = logging.getLogger(__name__)
 

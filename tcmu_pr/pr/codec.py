@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from tcmu_pr.nexus import NEXUS_MAX_LEN, Nexus, NexusError
-from tcmu_pr.state import (
+from tcmu_pr.pr.nexus import NEXUS_MAX_LEN, Nexus, NexusError
+from tcmu_pr.pr.state import (
     MAX_REGISTRATIONS,
     PR_TYPES,
     PRState,
@@ -25,7 +25,7 @@ from tcmu_pr.state import (
     Reservation,
     UnitAttention,
 )
-from tcmu_pr.validate import StateError, check_state
+from tcmu_pr.pr.validate import StateError, check_state
 
 __all__ = [
     "V1_MAX_REGISTRATIONS",

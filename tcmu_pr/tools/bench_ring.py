@@ -2,7 +2,7 @@
 
 One run measures, on the hermetic simulator with a backing file on tmpfs (/dev/shm):
 the native C loop, the pure-Python loop, the native loop with an active persistent
-reservation held by this nexus (the verdict is computed by tcmu_pr.conflict from a real
+reservation held by this nexus (the verdict is computed by tcmu_pr.engine.conflict from a real
 PRState, so the allowed path of the check is what runs), and the native loop as a daemon
 runs it: its verdict published by a LogicalUnit that takes part in the image's change watch,
 while another gateway (a process of its own) lands ``--changes-per-s`` PR changes a second,
@@ -120,9 +120,9 @@ class Rig:
 def reservation_verdict() -> int:
     """The verdict word for a nexus that holds a Write Exclusive, Registrants Only
     reservation, with a second registrant on another gateway: computed, not assumed."""
-    from tcmu_pr.conflict import verdict
-    from tcmu_pr.nexus import Nexus
-    from tcmu_pr.state import (
+    from tcmu_pr.engine.conflict import verdict
+    from tcmu_pr.pr.nexus import Nexus
+    from tcmu_pr.pr.state import (
         WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
         PRState,
         Registration,
@@ -157,7 +157,7 @@ class _Member:
 
     def __init__(self, ring: RingLoop) -> None:
         self.ring = ring
-        from tcmu_pr.nexus import Nexus
+        from tcmu_pr.pr.nexus import Nexus
 
         self.nexus = Nexus.make("iqn.2026-01.org.example:host1", "iqn.2003-01.org.gw1:lun")
 
@@ -172,10 +172,10 @@ def _other_gateway(image: str, rate: float, ready, go, stop, counts) -> None:  #
     """Another gateway: lands ``rate`` PR changes a second on the image while ``go`` is set."""
     from tcmu_pr import scsi
     from tcmu_pr.backends import open_store
-    from tcmu_pr.lu import LogicalUnit
-    from tcmu_pr.nexus import Nexus
-    from tcmu_pr.pr_cdb import REGISTER_AND_IGNORE_EXISTING_KEY, pr_out
-    from tcmu_pr.store_spec import StoreSpec
+    from tcmu_pr.backends.store_spec import StoreSpec
+    from tcmu_pr.engine.pr_cdb import REGISTER_AND_IGNORE_EXISTING_KEY, pr_out
+    from tcmu_pr.pr.nexus import Nexus
+    from tcmu_pr.unit.lu import LogicalUnit
 
     store = open_store(StoreSpec.file(image))
     lu = LogicalUnit(store, serve=False)
@@ -239,8 +239,8 @@ def _watched(best: dict[str, float], rig: Rig, ring: RingLoop, image: str, per: 
     import multiprocessing as mp
 
     from tcmu_pr.backends import open_store
-    from tcmu_pr.lu import LogicalUnit
-    from tcmu_pr.store_spec import StoreSpec
+    from tcmu_pr.backends.store_spec import StoreSpec
+    from tcmu_pr.unit.lu import LogicalUnit
 
     store = open_store(StoreSpec.file(image))
     lu = LogicalUnit(store)
@@ -326,6 +326,6 @@ def run(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m tcmu_pr.bench_ring")
+    parser = argparse.ArgumentParser(prog="python -m tcmu_pr.tools.bench_ring")
     _configure(parser)
     sys.exit(run(parser.parse_args()))

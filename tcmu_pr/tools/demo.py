@@ -19,8 +19,7 @@ from typing import TextIO
 
 from tcmu_pr import scsi
 from tcmu_pr.cli import command
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.pr_cdb import (
+from tcmu_pr.engine.pr_cdb import (
     PREEMPT,
     READ_KEYS,
     REGISTER,
@@ -31,7 +30,8 @@ from tcmu_pr.pr_cdb import (
     read10,
     write10,
 )
-from tcmu_pr.state import WRITE_EXCLUSIVE_REGISTRANTS_ONLY
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.pr.state import WRITE_EXCLUSIVE_REGISTRANTS_ONLY
 
 GW_A = "iqn.2003-01.org.linux-iscsi.gw-a:lun0"
 GW_B = "iqn.2003-01.org.linux-iscsi.gw-b:lun0"
@@ -92,10 +92,10 @@ def _describe(outcome: scsi.Outcome) -> str:
 def run_demo(image: Path, out: TextIO | None = None) -> bool:
     """Play the scenario on ``image``'s file store; True if every answer was the expected one."""
     out = sys.stdout if out is None else out
-    from tcmu_pr import codec
-    from tcmu_pr.apply import apply
     from tcmu_pr.backends.file import FileSlot
-    from tcmu_pr.render import format_state
+    from tcmu_pr.pr import codec
+    from tcmu_pr.pr.render import format_state
+    from tcmu_pr.unit.apply import apply
 
     ok = True
     with FileSlot(image) as slot:

@@ -25,10 +25,10 @@ from pathlib import Path
 
 from tcmu_pr import scsi
 from tcmu_pr.backends.base import PRSlot, Store, StoreError
+from tcmu_pr.backends.store_spec import StoreSpec, StoreSpecError
 from tcmu_pr.cli import UsageError, command
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.pr_cdb import REGISTER_AND_IGNORE_EXISTING_KEY, pr_out
-from tcmu_pr.store_spec import StoreSpec, StoreSpecError
+from tcmu_pr.engine.pr_cdb import REGISTER_AND_IGNORE_EXISTING_KEY, pr_out
+from tcmu_pr.pr.nexus import Nexus
 
 CONTENTION_SENSE = scsi.PR_UPDATE_CONTENTION.to_bytes()
 
@@ -126,7 +126,7 @@ StoreFactory = Callable[[], Store]
 
 
 def _worker(factory: StoreFactory, proc: int, updates: int, guarded: bool, start, out) -> None:  # type: ignore[no-untyped-def]
-    from tcmu_pr.apply import ApplyStats, apply
+    from tcmu_pr.unit.apply import ApplyStats, apply
 
     result = WorkerResult(proc)
     stats = ApplyStats()
@@ -170,7 +170,7 @@ def run_storm(
     RBD needs ``start_method="spawn"``: a process already running librados threads must not
     fork a child that starts librados again.
     """
-    from tcmu_pr import codec
+    from tcmu_pr.pr import codec
 
     ctx = mp.get_context(start_method)
     start = ctx.Barrier(procs + 1)  # the processes really overlap: all start at once

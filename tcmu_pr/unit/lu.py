@@ -37,12 +37,14 @@ from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-from tcmu_pr import codec, conflict, engine, scsi
-from tcmu_pr.apply import ApplyError, BlobCache, ContentionError, execute, update
+from tcmu_pr import engine, scsi
 from tcmu_pr.backends.base import Confirmation, Store, StoreError
-from tcmu_pr.nexus import Nexus
+from tcmu_pr.engine import conflict
+from tcmu_pr.pr import codec
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.pr.state import U32, PRState, UnitAttention
 from tcmu_pr.ring.loop import EXPIRED, NO_LEASE, coarse_ms
-from tcmu_pr.state import U32, PRState, UnitAttention
+from tcmu_pr.unit.apply import ApplyError, BlobCache, ContentionError, execute, update
 
 log = logging.getLogger(__name__)
 

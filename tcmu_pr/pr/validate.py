@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Hashable
 
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.state import (
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.pr.state import (
     ALL_REGISTRANTS_TYPES,
     MAX_REGISTRATIONS,
     PR_TYPES,

@@ -13,9 +13,9 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from tcmu_pr.nexus import Nexus, NexusError
-from tcmu_pr.state import U32, PRState, Registration, Reservation, UnitAttention
-from tcmu_pr.validate import U8, U16, U64, StateError, check_state
+from tcmu_pr.pr.nexus import Nexus, NexusError
+from tcmu_pr.pr.state import U32, PRState, Registration, Reservation, UnitAttention
+from tcmu_pr.pr.validate import U8, U16, U64, StateError, check_state
 
 __all__ = ["JSONFormError", "state_from_json", "state_to_json"]
 
@@ -178,7 +178,7 @@ def state_from_json(obj: object) -> tuple[PRState, int | None]:
     Every top-level field is optional and defaults as in :class:`PRState`.  Raises
     :class:`JSONFormError` (a ValueError) whose message starts with the path of the
     offending value, also for a well-typed state that breaks an invariant of
-    :func:`~tcmu_pr.validate.check_state` (the same rules the blob decoder applies).
+    :func:`~tcmu_pr.pr.validate.check_state` (the same rules the blob decoder applies).
     """
     top = _object("", obj, set(), _TOP)
     version = top.get("version")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tcmu_pr.nexus import Nexus
+from tcmu_pr.pr.nexus import Nexus
 
 # Reservation types (SPC-4 §6.16.4, table 169).
 WRITE_EXCLUSIVE = 0x1

@@ -5,7 +5,7 @@ Only presentation: the JSON form (jsonform) is the one for programs.
 
 from __future__ import annotations
 
-from tcmu_pr.state import PRState
+from tcmu_pr.pr.state import PRState
 
 TYPE_NAMES = {
     0x1: "Write Exclusive",

@@ -40,9 +40,8 @@ and WRITE(10), so one bit stands for each whole family.
 from __future__ import annotations
 
 from tcmu_pr import scsi
-from tcmu_pr.nexus import Nexus
-from tcmu_pr.ring.abi import VERDICT_READ, VERDICT_UA, VERDICT_WRITE
-from tcmu_pr.state import (
+from tcmu_pr.pr.nexus import Nexus
+from tcmu_pr.pr.state import (
     ALL_REGISTRANTS_TYPES,
     EXCLUSIVE_ACCESS,
     EXCLUSIVE_ACCESS_ALL_REGISTRANTS,
@@ -52,6 +51,7 @@ from tcmu_pr.state import (
     WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
     PRState,
 )
+from tcmu_pr.ring.abi import VERDICT_READ, VERDICT_UA, VERDICT_WRITE
 
 # Access classes: which row of the table a command is in.
 ALWAYS = 0  # allowed from every I_T nexus (INQUIRY, REPORT LUNS, PR IN, ...)

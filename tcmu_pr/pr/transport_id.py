@@ -3,7 +3,7 @@
 A TransportID arrives in PERSISTENT RESERVE OUT parameter data (the SPEC_I_PT list, and the
 single TransportID of REGISTER AND MOVE) and leaves in READ FULL STATUS.  It is decoded here
 once into a :class:`TransportID` whose ``name`` is spelled the way LIO, and hence our
-:class:`~tcmu_pr.nexus.Nexus`, spells that protocol's initiator names, so that a registration
+:class:`~tcmu_pr.pr.nexus.Nexus`, spells that protocol's initiator names, so that a registration
 made through a TransportID compares equal to one made on the initiator's own nexus:
 
 - FC (protocol 0h, §7.6.4.2): 24 bytes, N_PORT_NAME at bytes 8-15; name ``21:00:...:48``
@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from tcmu_pr.nexus import PROTO_FC, PROTO_ISCSI, PROTO_SAS, Nexus
+from tcmu_pr.pr.nexus import PROTO_FC, PROTO_ISCSI, PROTO_SAS, Nexus
 
 PROTOCOL_NAMES = {PROTO_FC: "FC", PROTO_SAS: "SAS", PROTO_ISCSI: "iSCSI"}
 
