@@ -8,6 +8,7 @@ from setuptools import setup
 CFFI_MODULES = [
     "native/build_ring.py:ffibuilder",
     "native/build_rbd_io.py:ffibuilder",
+    "native/build_ublk.py:ffibuilder",
 ]
 
 setup(cffi_modules=CFFI_MODULES)

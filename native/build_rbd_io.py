@@ -37,6 +37,8 @@ int rbd_io_compare_and_write(struct rbd_io *io, uint64_t off, size_t len, const 
                              const void *buf, uint64_t *mismatch);
 struct ring_backend_ops { ...; };
 const struct ring_backend_ops *rbd_io_ring_ops(void);
+struct ublk_backend_ops { ...; };
+const struct ublk_backend_ops *rbd_io_ublk_ops(void);
 """
 
 

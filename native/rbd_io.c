@@ -437,3 +437,77 @@ const struct ring_backend_ops *rbd_io_ring_ops(void)
 {
 	return &rbd_ring_ops;
 }
+
+/* ---- the ublk server's backend (native/ublk_backend.h) ---------------------------------- */
+
+struct ublk_aio {
+	ublk_be_done done;
+	void *arg;
+	int op;
+};
+
+static void ublk_aio_cb(rbd_completion_t c, void *arg)
+{
+	struct ublk_aio *a = arg;
+	int64_t res = rbd_aio_get_return_value(c);
+
+	rbd_aio_release(c);
+	if (res >= 0 && a->op != UBLK_BE_READ && a->op != UBLK_BE_WRITE)
+		res = 0;
+	a->done(a->arg, res);
+	free(a);
+}
+
+/* One librbd aio per call; the ublk loop checked the range against the image size it was
+ * given, and librbd refuses anything past the image's end on its own. */
+static int rbd_ublk_submit(void *ctx, int op, void *buf, uint64_t len, uint64_t off,
+			   ublk_be_done done, void *arg)
+{
+	struct rbd_io *io = ctx;
+	struct ublk_aio *a;
+	rbd_completion_t c;
+	int rc;
+
+	a = malloc(sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	a->done = done;
+	a->arg = arg;
+	a->op = op;
+	rc = rbd_aio_create_completion(a, ublk_aio_cb, &c);
+	if (rc < 0) {
+		free(a);
+		return rc;
+	}
+	switch (op) {
+	case UBLK_BE_READ:
+		rc = rbd_aio_read(io->image, off, (size_t)len, buf, c);
+		break;
+	case UBLK_BE_WRITE:
+		rc = rbd_aio_write(io->image, off, (size_t)len, buf, c);
+		break;
+	case UBLK_BE_FLUSH:
+		rc = rbd_aio_flush(io->image, c);
+		break;
+	case UBLK_BE_DISCARD:
+		rc = rbd_aio_discard(io->image, off, len, c);
+		break;
+	case UBLK_BE_WRITE_ZEROES:
+		rc = rbd_aio_write_zeroes(io->image, off, (size_t)len, c, 0, 0);
+		break;
+	default:
+		rc = -EOPNOTSUPP;
+	}
+	if (rc < 0) {
+		rbd_aio_release(c);
+		free(a);
+	}
+	return rc;
+}
+
+const struct ublk_backend_ops rbd_ublk_ops = {.submit = rbd_ublk_submit};
+
+const struct ublk_backend_ops *rbd_io_ublk_ops(void)
+{
+	return &rbd_ublk_ops;
+}

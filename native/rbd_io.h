@@ -17,6 +17,7 @@
 #include <sys/uio.h>
 
 #include "ring.h" /* struct ring_backend_ops */
+#include "ublk_backend.h" /* struct ublk_backend_ops */
 
 struct rbd_io;
 
@@ -81,5 +82,10 @@ int rbd_io_compare_and_write(struct rbd_io *io, uint64_t off, size_t len, const 
  * would hand out a copy of a const global, not its address. */
 extern const struct ring_backend_ops rbd_ring_ops;
 const struct ring_backend_ops *rbd_io_ring_ops(void);
+
+/* The ublk server's backend over an open image (context: a struct rbd_io *), asynchronous:
+ * librbd aio, its callback reports to the queue loop (native/ublk.c). */
+extern const struct ublk_backend_ops rbd_ublk_ops;
+const struct ublk_backend_ops *rbd_io_ublk_ops(void);
 
 #endif
