@@ -1,0 +1,215 @@
+"""The ublk frontend on the real ublk_drv (Debian's 6.12 kernel in the test VM), one boot.
+
+``tcmu-pr ublk add`` serves a LU's store as /dev/ublkbN: a file system on it with fio verify
+(file and RBD stores); the LU's reservations apply to it as to any initiator (a reservation
+taken through a tcm_loop path refuses its writes with EBADE, and one it takes through
+``tcmu-pr pr exec`` under its nexus refuses the path's writes); kill -9 of its server and
+``recover`` during fio verify; and bad parameters that leave no device behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import layouts
+import pytest
+
+pytestmark = pytest.mark.vm
+
+IMG = "/var/tmp/ublk-test.img"
+#: fio with verification: written, then read back and checked (crc32c + header).
+FIO_VERIFY = ("fio --name=v --filename={target} --rw=randwrite --bs=4k --iodepth=16 "
+              "--ioengine=libaio --direct=1 --size={size} --verify=crc32c --do_verify=1 "
+              "--output-format=json")  # fmt: skip
+
+
+def sh(vm, script: str, *, env: dict[str, str] | None = None, check: bool = True,
+       timeout: float = 300) -> str:
+    rc, out = vm.run("set -e\n" + script, env={**layouts.GUEST_ENV, **(env or {})},
+                     timeout=timeout)  # fmt: skip
+    if check:
+        assert rc == 0, out[-4000:]
+    return out
+
+
+def fio_result(out: str) -> dict:
+    """The job of fio's JSON (the text between the first '{' line and the end)."""
+    start = out.index("\n{") + 1 if not out.startswith("{") else 0
+    job = json.loads(out[start : out.rindex("}") + 1])["jobs"][0]
+    return {"error": job["error"], "write_kib": job["write"]["io_kbytes"],
+            "read_kib": job["read"]["io_kbytes"]}  # fmt: skip
+
+
+def devices(vm) -> int:
+    return int(sh(vm, "ls /sys/class/ublk-char 2>/dev/null | grep -c ublkc || true").strip()
+               or 0)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ready(vm):
+    """ublk_drv loaded, nothing left of an earlier layout."""
+    sh(vm, layouts.RESET + "modprobe ublk_drv\nls -l /dev/ublk-control")
+    return vm
+
+
+def test_file_store_mkfs_mount_and_fio_verify(ready):
+    vm = ready
+    out = sh(vm, f"""
+rm -f {IMG}; truncate -s 256M {IMG}
+dev=$($TCMU_PR ublk add --store file:{IMG} --queues 2 --depth 32)
+echo "DEV $dev"
+cat /sys/block/${{dev#/dev/}}/queue/logical_block_size /sys/block/${{dev#/dev/}}/size
+mkfs.ext4 -q -F $dev
+mkdir -p /mnt/u && mount $dev /mnt/u
+{FIO_VERIFY.format(target="/mnt/u/f", size="16M")} >/tmp/fio.json
+umount /mnt/u
+fstrim_out=$(blkdiscard -o 0 -l 1M $dev && echo discarded)
+echo "$fstrim_out"
+$TCMU_PR ublk list
+$TCMU_PR ublk del $dev
+echo "AFTER $($TCMU_PR ublk list | wc -l)"
+cat /tmp/fio.json
+""", timeout=600)
+    assert re.search(r"^DEV /dev/ublkb\d+$", out, re.M), out
+    assert "\n512\n" in out and "\n524288\n" in out, out  # 256 MiB in 512-byte sectors
+    assert "discarded" in out
+    assert re.search(r"ublkb\d+\tlive\tpid \d+\tfile:" + IMG, out), out
+    assert "AFTER 0" in out
+    r = fio_result(out[out.index("AFTER 0"):])
+    print(f"\nublk file store, ext4 + fio verify: {r}")
+    assert r["error"] == 0 and r["write_kib"] == 16 * 1024 and r["read_kib"] == 16 * 1024
+
+
+def test_rbd_store_mkfs_mount_and_fio_verify(ready):
+    vm = ready
+    out = sh(vm, f"""
+{layouts.CEPH_START}
+rbd rm rbd/ublk1 >/dev/null 2>&1 || true
+rbd create --size 256 rbd/ublk1
+dev=$($TCMU_PR ublk add --store rbd:rbd/ublk1 --depth 32)
+echo "DEV $dev"
+mkfs.ext4 -q -F -E nodiscard $dev
+mkdir -p /mnt/u && mount $dev /mnt/u
+{FIO_VERIFY.format(target="/mnt/u/f", size="8M")} >/tmp/fio.json
+umount /mnt/u
+$TCMU_PR ublk del $dev
+echo "AFTER $($TCMU_PR ublk list | wc -l)"
+rbd rm rbd/ublk1 >/dev/null 2>&1
+cat /tmp/fio.json
+""", timeout=900)
+    assert "AFTER 0" in out, out
+    r = fio_result(out[out.index("AFTER 0"):])
+    print(f"\nublk RBD store, ext4 + fio verify: {r}")
+    assert r["error"] == 0 and r["write_kib"] == 8 * 1024 and r["read_kib"] == 8 * 1024
+
+
+PR_OUT = "5f{sa:02x}{type:02x}00000000001800"
+
+
+def pr_data(key: int = 0, sark: int = 0) -> str:
+    return f"{key:016x}{sark:016x}" + "00" * 8
+
+
+def test_reservations_apply_between_a_tcm_loop_path_and_the_ublk_device(ready):
+    vm = ready
+    env = layouts.setup(vm, "loopback-mpath@file", fresh=True)
+    reg = PR_OUT.format(sa=0, type=0)
+    reserve_we = PR_OUT.format(sa=1, type=1)
+    clear = PR_OUT.format(sa=3, type=0)
+    out = sh(vm, f"""
+dev=$($TCMU_PR ublk add --store $TCMU_PR_STORE)
+nexus=$($TCMU_PR ublk list | awk -v d=$dev '$1 == d {{print $NF}}')
+echo "NEXUS $nexus"
+p1=${{TCMU_PR_PATHS%% *}}
+w() {{ dd if=/dev/urandom of=$1 bs=4k count=1 seek=8 oflag=direct 2>&1 >/dev/null \
+      && echo "$2 write ok" || echo "$2 write refused"; }}
+r() {{ dd if=$1 of=/dev/null bs=4k count=1 skip=8 iflag=direct 2>&1 >/dev/null \
+      && echo "$2 read ok" || echo "$2 read refused"; }}
+w $dev ublk-before
+# the tcm_loop path registers and reserves WRITE EXCLUSIVE
+sg_persist -n --out --register --param-sark=0x1 $p1
+sg_persist -n --out --reserve --param-rk=0x1 --prout-type=1 $p1
+w $dev ublk-under-path-WE; r $dev ublk-under-path-WE
+dd if=/dev/zero of=$dev bs=4k count=1 oflag=direct 2>&1 | grep -o 'Invalid exchange' | head -1
+w $p1 path-holder
+sg_persist -n --out --clear --param-rk=0x1 $p1
+w $dev ublk-after-clear
+# the reverse: the ublk device's nexus registers and reserves through `pr exec`
+$TCMU_PR pr exec --store $TCMU_PR_STORE --nexus "$nexus" --cdb {reg} --data {pr_data(0, 0xAB)}
+$TCMU_PR pr exec --store $TCMU_PR_STORE --nexus "$nexus" --cdb {reserve_we} \
+    --data {pr_data(0xAB)}
+w $p1 path-under-ublk-WE
+w $dev ublk-holder
+$TCMU_PR pr exec --store $TCMU_PR_STORE --nexus "$nexus" --cdb {clear} --data {pr_data(0xAB)}
+w $p1 path-after-clear
+$TCMU_PR ublk del $dev
+""", env=env, timeout=600)
+    print("\n" + "\n".join(line for line in out.splitlines() if " write " in line or
+                           " read " in line))  # fmt: skip
+    assert "ublk-before write ok" in out
+    assert "ublk-under-path-WE write refused" in out and "Invalid exchange" in out, out
+    assert "ublk-under-path-WE read ok" in out  # WRITE EXCLUSIVE lets everyone read
+    assert "path-holder write ok" in out
+    assert "ublk-after-clear write ok" in out
+    assert '"status": 0' in out
+    assert "path-under-ublk-WE write refused" in out, out
+    assert "ublk-holder write ok" in out
+    assert "path-after-clear write ok" in out
+
+
+def test_recovery_after_kill_9_during_fio_verify(ready):
+    vm = ready
+    sh(vm, layouts.RESET)  # the previous test's layout: not needed here
+    out = sh(vm, f"""
+rm -f {IMG}; truncate -s 128M {IMG}
+dev=$($TCMU_PR ublk add --store file:{IMG} --depth 32)
+{FIO_VERIFY.format(target="$dev", size="24M")} --verify_backlog=256 >/tmp/fio.json 2>&1 &
+fio=$!
+sleep 3
+pid=$($TCMU_PR ublk list | awk -v d=$dev '$1 == d {{print $4}}')
+t0=$(date +%s.%N)
+kill -9 $pid
+$TCMU_PR ublk list
+$TCMU_PR ublk recover $dev
+t1=$(date +%s.%N)
+echo "RECOVERED in $(echo "$t1 - $t0" | bc -l 2>/dev/null || python3 -c "print($t1-$t0)") s"
+$TCMU_PR ublk list
+wait $fio; echo "FIO rc $?"
+$TCMU_PR ublk del $dev
+echo "AFTER $($TCMU_PR ublk list | wc -l)"
+cat /tmp/fio.json
+""", timeout=900)
+    print("\n" + "\n".join(line for line in out.splitlines() if "RECOVERED" in line
+                           or "ublkb" in line))  # fmt: skip
+    assert "quiesced" in out or "live" in out
+    assert "FIO rc 0" in out, out[-4000:]
+    assert "AFTER 0" in out
+    r = fio_result(out[out.index("AFTER 0"):])
+    print(f"recovery during fio verify: {r}")
+    assert r["error"] == 0 and r["write_kib"] == 24 * 1024
+
+
+def test_bad_parameters_leave_no_device(ready):
+    vm = ready
+    before = devices(vm)
+    out = sh(vm, f"""
+rm -f /var/tmp/empty.img; touch /var/tmp/empty.img
+rm -f {IMG}; truncate -s 16M {IMG}
+for args in "--store file:/var/tmp/empty.img" "--store nfs:server/x" \
+            "--store file:/var/tmp/missing.img" "--store file:{IMG} --depth 5000" \
+            "--store file:{IMG} --queues 99"; do
+    $TCMU_PR ublk add $args >/tmp/add.out 2>&1 && echo "ACCEPTED $args" || echo "rc $? $args"
+    cat /tmp/add.out
+done
+$TCMU_PR ublk del /dev/ublkb999 2>&1 || echo "del rc $?"
+""", check=False)
+    print("\n" + out)
+    assert "ACCEPTED" not in out
+    assert "0 bytes: too small" in out
+    assert "unknown store type 'nfs'" in out
+    assert "does not exist" in out
+    assert "the kernel's limit is 1..4096" in out
+    assert "--queues 99" in out
+    assert "no ublk device 999" in out
+    assert devices(vm) == before
