@@ -124,3 +124,47 @@ def test_add_refuses_an_empty_or_unknown_store(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["ublk", "add", "--store", "nfs:server/x"]) == 2
     assert "unknown store type 'nfs'" in capsys.readouterr().err
+
+
+def pr_out(sa: int, rtype: int, key: int = 0, sark: int = 0) -> tuple[bytes, bytes]:
+    cdb = bytes([0x5F, sa, rtype, 0, 0, 0, 0, 0, 24, 0])
+    return cdb, key.to_bytes(8, "big") + sark.to_bytes(8, "big") + bytes(8)
+
+
+def test_a_change_made_elsewhere_reaches_the_device_verdict_before_its_good(tmp_path):
+    """The ublk server's verdict word is a LU member like a TCMU ring: another process's
+    PR OUT announces, the server's LU re-reads and republishes before it acknowledges."""
+    from tcmu_pr.backends import open_store
+    from tcmu_pr.backends.store_spec import StoreSpec
+    from tcmu_pr.pr.nexus import Nexus
+    from tcmu_pr.ublk.server import Verdict, default_nexus
+    from tcmu_pr.unit.lu import LogicalUnit
+
+    image = tmp_path / "lu.img"
+    image.write_bytes(bytes(MiB))
+    spec = StoreSpec.file(image)
+    server_store, changer_store = open_store(spec), open_store(spec)
+    lu = LogicalUnit(server_store)
+    verdict = Verdict(load(), 7, 2, 4, default_nexus())
+    lu.add(verdict)
+    other = Nexus.make("iqn.2026-12.example:host2", "iqn.2026-12.example:tgt", isid=1)
+    changer = LogicalUnit(changer_store, serve=False)
+    try:
+        assert verdict.shared.verdict == 3  # no reservation: read and write
+        for cdb, data in (pr_out(0, 0, sark=0xAB), pr_out(1, 1, key=0xAB)):
+            assert changer.execute(other, cdb, data).status == 0
+        assert verdict.shared.verdict == 1  # WRITE EXCLUSIVE by another nexus: read only
+        assert changer.last_confirmation is not None and changer.last_confirmation.ok
+        # the device's own nexus takes it over: PREEMPT needs a registration first
+        mine = default_nexus()
+        assert lu.execute(mine, *pr_out(0, 0, sark=0xCD)).status == 0
+        assert lu.execute(mine, *pr_out(4, 1, key=0xCD, sark=0xAB)).status == 0
+        assert verdict.shared.verdict == 3
+        assert str(mine).startswith("ublk:") and ",i,0x0,ublk:" in str(mine)
+    finally:
+        changer.close()
+        lu.close()
+        mod = load()
+        mod.lib.ublk_shared_free(verdict.shared)
+        changer_store.close()
+        server_store.close()
