@@ -145,12 +145,19 @@ def _configure_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("device", type=_device_arg, metavar="DEVICE", help="/dev/ublkbN or N")
 
 
+def _gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody reaped yet (its files are closed)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+
+
 def _wait_exit(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if _gone(pid):
             return True
         time.sleep(0.02)
     return False
