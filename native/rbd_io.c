@@ -444,6 +444,7 @@ struct ublk_aio {
 	ublk_be_done done;
 	void *arg;
 	int op;
+	uint64_t len;
 };
 
 static void ublk_aio_cb(rbd_completion_t c, void *arg)
@@ -452,7 +453,9 @@ static void ublk_aio_cb(rbd_completion_t c, void *arg)
 	int64_t res = rbd_aio_get_return_value(c);
 
 	rbd_aio_release(c);
-	if (res >= 0 && a->op != UBLK_BE_READ && a->op != UBLK_BE_WRITE)
+	if (res >= 0 && a->op == UBLK_BE_WRITE)
+		res = (int64_t)a->len; /* librbd completes a write with 0 */
+	else if (res >= 0 && a->op != UBLK_BE_READ)
 		res = 0;
 	a->done(a->arg, res);
 	free(a);
@@ -474,6 +477,7 @@ static int rbd_ublk_submit(void *ctx, int op, void *buf, uint64_t len, uint64_t 
 	a->done = done;
 	a->arg = arg;
 	a->op = op;
+	a->len = len;
 	rc = rbd_aio_create_completion(a, ublk_aio_cb, &c);
 	if (rc < 0) {
 		free(a);

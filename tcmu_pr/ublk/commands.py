@@ -63,8 +63,10 @@ def _check_add(args: argparse.Namespace) -> tuple[str, str]:
     try:
         spec = StoreSpec.parse(args.store, base=os.getcwd())
         store = open_store(spec)
-    except (StoreSpecError, StoreError) as err:
+    except StoreSpecError as err:
         raise UsageError(str(err)) from err
+    except StoreError as err:  # an OSError: its text without the "[Errno N]" prefix
+        raise UsageError(err.strerror or str(err)) from err
     try:
         size = _size(store, spec)
     except OSError as err:

@@ -46,11 +46,27 @@ def devices(vm) -> int:
                or 0)  # fmt: skip
 
 
+#: Deletes every ublk device a failed test may have left (before each test).
+CLEAN = """
+umount /mnt/u 2>/dev/null || true
+for c in /sys/class/ublk-char/ublkc*; do
+    [[ -e $c ]] && $TCMU_PR ublk del "${c##*ublkc}" >/dev/null 2>&1
+done
+true
+"""
+
+
 @pytest.fixture(scope="module")
-def ready(vm):
+def booted(vm):
     """ublk_drv loaded, nothing left of an earlier layout."""
     sh(vm, layouts.RESET + "modprobe ublk_drv\nls -l /dev/ublk-control")
     return vm
+
+
+@pytest.fixture
+def ready(booted):
+    sh(booted, CLEAN)
+    return booted
 
 
 def test_file_store_mkfs_mount_and_fio_verify(ready):
@@ -64,7 +80,7 @@ mkfs.ext4 -q -F $dev
 mkdir -p /mnt/u && mount $dev /mnt/u
 {FIO_VERIFY.format(target="/mnt/u/f", size="16M")} >/tmp/fio.json
 umount /mnt/u
-fstrim_out=$(blkdiscard -o 0 -l 1M $dev && echo discarded)
+fstrim_out=$(blkdiscard -f -o 0 -l 1M $dev && echo discarded)
 echo "$fstrim_out"
 $TCMU_PR ublk list
 $TCMU_PR ublk del $dev
@@ -86,7 +102,7 @@ def test_rbd_store_mkfs_mount_and_fio_verify(ready):
     out = sh(vm, f"""
 {layouts.CEPH_START}
 rbd rm rbd/ublk1 >/dev/null 2>&1 || true
-rbd create --size 256 rbd/ublk1
+rbd create --size 256 --image-feature layering rbd/ublk1
 dev=$($TCMU_PR ublk add --store rbd:rbd/ublk1 --depth 32)
 echo "DEV $dev"
 mkfs.ext4 -q -F -E nodiscard $dev
@@ -131,7 +147,7 @@ w $dev ublk-before
 sg_persist -n --out --register --param-sark=0x1 $p1
 sg_persist -n --out --reserve --param-rk=0x1 --prout-type=1 $p1
 w $dev ublk-under-path-WE; r $dev ublk-under-path-WE
-dd if=/dev/zero of=$dev bs=4k count=1 oflag=direct 2>&1 | grep -o 'Invalid exchange' | head -1
+dd if=/dev/zero of=$dev bs=4k count=1 oflag=direct 2>&1 | grep -o 'Invalid exchange' | head -1 || true
 w $p1 path-holder
 sg_persist -n --out --clear --param-rk=0x1 $p1
 w $dev ublk-after-clear
