@@ -147,7 +147,7 @@ w $dev ublk-before
 sg_persist -n --out --register --param-sark=0x1 $p1
 sg_persist -n --out --reserve --param-rk=0x1 --prout-type=1 $p1
 w $dev ublk-under-path-WE; r $dev ublk-under-path-WE
-dd if=/dev/zero of=$dev bs=4k count=1 oflag=direct 2>&1 | grep -o 'Invalid exchange' | head -1 || true
+{{ dd if=/dev/zero of=$dev bs=4k count=1 oflag=direct 2>&1 || true; }} | grep -o 'Invalid exchange'
 w $p1 path-holder
 sg_persist -n --out --clear --param-rk=0x1 $p1
 w $dev ublk-after-clear
