@@ -38,7 +38,7 @@ RBD_IMAGE = "rbd/ublkbench"
 ATTACH = {
     ("file", "ublk"): "dev=$($TCMU_PR ublk add --store file:{image} --depth {depth})\n"
                       "pid=$($TCMU_PR ublk list | awk -v d=$dev '$1 == d {{print $4}}')",
-    ("file", "loop"): "dev=$(losetup --direct-io=on --show -f {image}); pid=-",
+    ("file", "loop"): "modprobe loop; dev=$(losetup --direct-io=on --show -f {image}); pid=-",
     ("rbd", "ublk"): "dev=$($TCMU_PR ublk add --store rbd:{rbd} --depth {depth})\n"
                      "pid=$($TCMU_PR ublk list | awk -v d=$dev '$1 == d {{print $4}}')",
     ("rbd", "rbd-nbd"): "modprobe nbd; dev=$(rbd-nbd map {rbd}); pid=$(pgrep -x rbd-nbd | head -1)",
@@ -114,6 +114,7 @@ def run(vm: vmrig.VM, store: str, backend: str, cases: list[str], seconds: int, 
         results.append(Result(store, backend, case, iops, bw_kib * 1024 / 1e6,
                               cpu * 1e6 / ios if cpu >= 0 and ios else None,
                               busy * 1e6 / ios if ios else 0.0))  # fmt: skip
+        print(f"bench-ublk: {results[-1]}", file=sys.stderr)  # kept if a later case fails
     return results
 
 
