@@ -42,7 +42,7 @@ ATTACH = {
     ("rbd", "ublk"): "dev=$($TCMU_PR ublk add --store rbd:{rbd} --depth {depth})\n"
                      "pid=$($TCMU_PR ublk list | awk -v d=$dev '$1 == d {{print $4}}')",
     ("rbd", "rbd-nbd"): "modprobe nbd; dev=$(rbd-nbd map {rbd}); pid=$(pgrep -x rbd-nbd | head -1)",
-    ("rbd", "krbd"): "dev=$(rbd map {rbd}); pid=-",
+    ("rbd", "krbd"): "modprobe rbd; dev=$(rbd map --options ms_mode=prefer-crc {rbd}); pid=-",
 }
 DETACH = {
     "ublk": "$TCMU_PR ublk del $dev",
