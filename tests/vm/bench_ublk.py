@@ -42,7 +42,8 @@ ATTACH = {
     ("rbd", "ublk"): "dev=$($TCMU_PR ublk add --store rbd:{rbd} --depth {depth})\n"
                      "pid=$($TCMU_PR ublk list | awk -v d=$dev '$1 == d {{print $4}}')",
     ("rbd", "rbd-nbd"): "modprobe nbd; dev=$(rbd-nbd map {rbd}); pid=$(pgrep -x rbd-nbd | head -1)",
-    ("rbd", "krbd"): "modprobe rbd; dev=$(rbd map --options ms_mode=prefer-crc {rbd}); pid=-",
+    ("rbd", "krbd"): "modprobe rbd\n"
+                     "dev=$(timeout 60 rbd map --options ms_mode=prefer-crc {rbd}); pid=-",
 }
 DETACH = {
     "ublk": "$TCMU_PR ublk del $dev",
@@ -145,18 +146,25 @@ def main(argv: list[str] | None = None) -> int:
     if any(s not in STORE_BACKENDS for s in stores) or any(c not in CASES for c in cases):
         p.error(f"stores from {list(STORE_BACKENDS)}, cases from {list(CASES)}")
     results: list[Result] = []
+    failed: list[str] = []
     with vmrig.VM() as vm:
         vm.run(layouts.RESET + "modprobe ublk_drv", timeout=120)
         for store in stores:
             prepare(vm, store, a.size_mb)
             for backend in STORE_BACKENDS[store]:
                 print(f"bench-ublk: {store} {backend}", file=sys.stderr)
-                results += run(vm, store, backend, cases, a.seconds, a.ramp, a.size_mb,
-                               a.depth)  # fmt: skip
+                try:
+                    results += run(vm, store, backend, cases, a.seconds, a.ramp, a.size_mb,
+                                   a.depth)  # fmt: skip
+                except vmrig.VMError as err:  # one backend failing keeps the others' figures
+                    print(f"bench-ublk: {store} {backend} FAILED: {err}"[:2000], file=sys.stderr)
+                    failed.append(f"{store} {backend}")
     print(f"fio QD16 direct libaio, {a.seconds} s per case (+{a.ramp} s ramp), "
           f"{a.size_mb} MiB image, ublk depth {a.depth}, QEMU/TCG 2 vCPUs")
     print(table(results))
-    return 0
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
