@@ -32,6 +32,7 @@ COMMAND_MODULES: list[str] = [
     "tcmu_pr.tools.bench_ring",
     "tcmu_pr.lio.commands",
     "tcmu_pr.daemon.main", "tcmu_pr.system.install",
+    "tcmu_pr.cbt.commands",
 ]
 
 
@@ -56,6 +57,8 @@ GROUPS: dict[str, str] = {
     "pr": "inspect and change a LU's persistent-reservation state",
     "bench": "measurements",
     "system": "set a gateway host up (systemd, D-Bus)",
+    "cbt": "change-block tracking of a file LU, for backup tools",
+    "snapshot": "copy-on-write snapshots of a file LU",
 }
 
 
