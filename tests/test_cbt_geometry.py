@@ -125,7 +125,11 @@ def test_generation_ids_are_uuids_and_fresh():
 def test_info_json_has_exactly_the_blksnap_fields():
     info = generation.CbtInfo(1 << 20, 65536, 16, "x", 3)
     assert list(info.as_json()) == [
-        "device_capacity", "block_size", "block_count", "generation_id", "changes_number"
+        "device_capacity",
+        "block_size",
+        "block_count",
+        "generation_id",
+        "changes_number",
     ]
 
 
