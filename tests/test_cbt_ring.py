@@ -9,13 +9,13 @@ import struct
 import time
 
 import pytest
+from ring_support import BLOCK, close_device, make_device, rw10, rw16
 
 from tcmu_pr.backends.file_data import FileDataBackend
 from tcmu_pr.cbt import layout, mapfile
 from tcmu_pr.cbt.mapfile import CbtMap
 from tcmu_pr.emulation import DeviceInfo, Emulator
 from tcmu_pr.ring.handler import RingHandler
-from tests.ring_support import BLOCK, close_device, make_device, rw10, rw16
 
 SIZE = 2 << 20
 TRACK = 4096

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from ring_support import BLOCK, close_device, make_device, rw10
 
 from tcmu_pr.backends.file_data import FileDataBackend
 from tcmu_pr.cbt import mapfile, snapshot
@@ -18,7 +19,6 @@ from tcmu_pr.cbt.mapfile import CbtError, CbtMap
 from tcmu_pr.cli import main
 from tcmu_pr.emulation import DeviceInfo, Emulator
 from tcmu_pr.ring.handler import RingHandler
-from tests.ring_support import BLOCK, close_device, make_device, rw10
 
 SIZE = 1 << 20
 TRACK = 4096
