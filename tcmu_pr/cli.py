@@ -29,7 +29,7 @@ Configure = Callable[[argparse.ArgumentParser], None]
 #: Modules whose import registers more subcommands (append yours).
 COMMAND_MODULES: list[str] = [
     "tcmu_pr.tools.demo", "tcmu_pr.tools.bench_store", "tcmu_pr.tools.bench_pr",
-    "tcmu_pr.tools.bench_ring",
+    "tcmu_pr.tools.bench_ring", "tcmu_pr.tools.bench_cbt",
     "tcmu_pr.lio.commands",
     "tcmu_pr.daemon.main", "tcmu_pr.system.install",
     "tcmu_pr.cbt.commands",

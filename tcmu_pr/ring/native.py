@@ -114,14 +114,22 @@ class NativeRing:
         if not rc:
             rc = self._lib.tcmu_ring_configure(self._ctx, max_transfer, write_through)
         if not rc and cbt is not None:
-            # the map's own cffi module attached it; this one may be another build of the
-            # same sources (sanitizers): hand the struct over by address
-            address = int(cbt.ffi.cast("uintptr_t", cbt.c))
-            rc = self._lib.tcmu_ring_cbt(self._ctx, self._ffi.cast("struct cbt_map *", address))
-            self._cbt = cbt
+            rc = self.track(cbt)
         if rc:
             self.close()
             raise RingError(rc, "init")
+
+    def track(self, cbt: CbtMap | None) -> int:
+        """Mark writes in ``cbt`` from now on (None: stop); 0 or -EINVAL."""
+        if cbt is None:
+            self._cbt = None
+            return int(self._lib.tcmu_ring_cbt(self._ctx, self._ffi.NULL))
+        # the map's own cffi module attached it; this one may be another build of the same
+        # sources (sanitizers): hand the struct over by address
+        address = int(cbt.ffi.cast("uintptr_t", cbt.c))
+        rc = int(self._lib.tcmu_ring_cbt(self._ctx, self._ffi.cast("struct cbt_map *", address)))
+        self._cbt = cbt if rc == 0 else None
+        return rc
 
     def _attach(self, backend: NativeBackend) -> tuple[Any, Any]:
         """Cast another module's table and context into this module's types, after checking
