@@ -188,14 +188,22 @@ def _configure_number(p: argparse.ArgumentParser) -> None:
     p.add_argument("--number", type=int, required=True, metavar="N")
 
 
-@command("snapshot", "read", help="the point-in-time image to stdout", configure=_configure_number)
+def _configure_read(p: argparse.ArgumentParser) -> None:
+    _configure_number(p)
+    p.add_argument("--offset", type=int, default=0, metavar="BYTES", help="from (default 0)")
+    p.add_argument("--length", type=int, metavar="BYTES", help="this much (default: to the end)")
+
+
+@command("snapshot", "read", help="the point-in-time image to stdout", configure=_configure_read)
 def run_snapshot_read(args: argparse.Namespace) -> int:
     from tcmu_pr.cbt import snapshot
 
     image = image_of(args.store)
+    if args.offset < 0 or (args.length is not None and args.length < 0):
+        raise UsageError("--offset and --length must not be negative")
     out = sys.stdout.buffer
     try:
-        snapshot.read(image, args.number, out.write)
+        snapshot.read(image, args.number, out.write, args.offset, args.length)
     except OSError as err:
         raise _failed(err) from None
     out.flush()

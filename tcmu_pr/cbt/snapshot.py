@@ -327,18 +327,26 @@ def listing(image: str) -> list[SnapshotInfo]:
     return out
 
 
-def read(image: str, number: int, write: Callable[[bytes], object]) -> None:
-    """Stream the point-in-time image to ``write``; CbtError if the snapshot is (or became,
-    while it was read) corrupt: then what was written must not be used."""
+def read(image: str, number: int, write: Callable[[bytes], object], offset: int = 0,
+         length: int | None = None) -> None:  # fmt: skip
+    """Stream the point-in-time image (or ``length`` bytes of it from ``offset``) to
+    ``write``; CbtError if the snapshot is (or became, while it was read) corrupt: then
+    what was written must not be used."""
     with Snapshot.open(image, number) as s:
         if s.state != READY:
             raise CbtError(errno.EIO, f"snapshot {number} is corrupt: {s.reason}")
         if s.capacity != image_capacity(image):
             raise CbtError(errno.EINVAL, f"{image} changed size since snapshot {number}")
+        end = s.capacity if length is None else offset + length
+        if offset < 0 or end < offset or end > s.capacity:
+            raise CbtError(errno.EINVAL, f"range {offset}+{end - offset} outside the image")
         fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            for block in range(s.block_count):
-                write(s.read_block(block, fd))
+            bs = s.block_size
+            for block in range(offset // bs, -(-end // bs)):
+                data = s.read_block(block, fd)
+                lo = max(offset - block * bs, 0)
+                write(data[lo : min(end - block * bs, len(data))])
         finally:
             os.close(fd)
         if s.state != READY:
