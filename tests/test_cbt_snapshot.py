@@ -59,46 +59,54 @@ def test_snapshot_cli_create_list_read_delete(image, capfdbinary):
     assert not os.path.exists(snapshot.diff_path(image, number))
 
 
-def test_snapshot_equals_the_image_at_its_time_while_writes_go_on(image):
-    """One writer thread; a write is in the snapshot iff the number it was marked with
-    (read back from the map: the thread is the only writer) is the snapshot's or older."""
+@pytest.mark.parametrize("writers", [1, 2])
+def test_snapshot_equals_the_image_at_its_time_while_writes_go_on(image, writers):
+    """Writer threads (two: as two devices of one LU share the map) on disjoint blocks; a
+    write is in the snapshot iff the number it was marked with (read back from the map:
+    only its thread writes that block) is the snapshot's or older."""
     with open(image, "rb") as f:
         initial = f.read()
-    log: list[tuple[int, bytes, int]] = []
+    logs: list[list[tuple[int, bytes, int]]] = [[] for _ in range(writers)]
     stop = threading.Event()
     m = CbtMap.open(image)
     data = FileDataBackend(image, cbt=m)
 
-    def writer() -> None:
-        rnd = random.Random(7)
+    def writer(k: int) -> None:
+        rnd = random.Random(7 + k)
         while not stop.is_set():
-            block = rnd.randrange(SIZE // TRACK)
+            block = rnd.randrange(SIZE // TRACK // writers) * writers + k
             payload = rnd.randbytes(TRACK)
             data.write(block * TRACK, payload)
-            log.append((block, payload, m.map_bytes()[block]))
+            logs[k].append((block, payload, m.map_bytes()[block]))
 
-    t = threading.Thread(target=writer)
-    t.start()
+    def count() -> int:
+        return sum(len(log) for log in logs)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(writers)]
+    for t in threads:
+        t.start()
     try:
-        while len(log) < 200:
+        while count() < 200:
             time.sleep(0.001)
         infos = []
         for _ in range(3):
             infos.append(snapshot.create(image))
-            target = len(log) + 50
-            while len(log) < target:
+            target = count() + 50
+            while count() < target:
                 time.sleep(0.001)
         reads = {i.number: _snap_bytes(image, i.number) for i in infos}  # writes go on
     finally:
         stop.set()
-        t.join()
+        for t in threads:
+            t.join()
     for info in infos:
         expected = bytearray(initial)
-        for block, payload, mark in log:
-            if mark <= info.changes_number:
-                expected[block * TRACK : (block + 1) * TRACK] = payload
+        for log in logs:
+            for block, payload, mark in log:
+                if mark <= info.changes_number:
+                    expected[block * TRACK : (block + 1) * TRACK] = payload
         assert reads[info.number] == bytes(expected), info
-        assert any(mark > info.changes_number for _, _, mark in log)  # writes went on
+        assert any(mark > info.changes_number for log in logs for _, _, mark in log)
     data.close()
     m.close()
 

@@ -17,6 +17,7 @@ import mmap
 import os
 import stat
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -135,6 +136,8 @@ class CbtMap:
         self.recovered = ""  # what the open found: "", "process-death", "new-generation"
         self._fd = fd
         self._mm: mmap.mmap | None = mm
+        #: threads sharing this open (devices of one LU): an OFD lock does not part them
+        self.copy_mutex = threading.Lock()
         mod = native()
         self.ffi: Any = mod.ffi
         self.lib: Any = mod.lib

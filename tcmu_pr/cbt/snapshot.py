@@ -374,7 +374,7 @@ def copy_before_write(cbt: CbtMap, offset: int, length: int,
     durably, before the caller's write lands (see the module doc for the order)."""
     blocks = cbt.blocks(offset, length)
     cow = cbt.cow
-    with locks.exclusive(cbt._fd, locks.COPY):
+    with cbt.copy_mutex, locks.exclusive(cbt._fd, locks.COPY):
         todo = [b for b in blocks if not cow[b]]
         if not todo:
             return
