@@ -27,19 +27,24 @@ PREPARE = (f"mkdir -p /var/lib/tcmu-pr && truncate -s 256M {IMAGE} "
            f"&& {CLI} cbt enable --store {STORE} --block-size {TRACK}")  # fmt: skip
 
 
-def _fio(rw_seconds: float, log: str = "", seed: int = 1) -> str:
+def _fio(seconds: float = 0, log: str = "", seed: int = 1, ios: int = 0) -> str:
+    """fio random writes on the first path: ``ios`` of them, or for ``seconds``."""
     iolog = f"--write_iolog={log} " if log else ""
+    amount = f"--number_ios={ios} " if ios else f"--time_based --runtime={seconds} "
     return ('read -r -a paths <<<"$TCMU_PR_PATHS"; '
             f'fio --name=cbt --filename="${{paths[0]}}" --rw=randwrite '
             f"--bssplit=4k/70:16k/20:128k/10 --iodepth=16 --ioengine=libaio --direct=1 "
-            f"--time_based --runtime={rw_seconds} --size=256M --randseed={seed} "
+            f"{amount}--size=256M --randseed={seed} "
             f"{iolog}--output-format=terse --terse-version=3 >/dev/null")  # fmt: skip
 
 
 def _written_blocks(iolog: str) -> set[int]:
+    """Blocks of the iolog's writes (v2 lines "file write off len", v3 with a time first)."""
     blocks: set[int] = set()
     for line in iolog.splitlines():
         f = line.split()
+        if len(f) == 5:
+            f = f[1:]
         if len(f) == 4 and f[1] == "write":
             off, length = int(f[2]), int(f[3])
             blocks.update(range(off // TRACK, (off + length - 1) // TRACK + 1))
@@ -60,8 +65,11 @@ def test_tracking_snapshot_and_power_cut_through_tcmu(tmp_path):
         gen = json.loads(_run(vm, f"{CLI} cbt info --store {STORE}", env))["generation_id"]
 
         # 1. fio's written ranges, all in the map
-        _run(vm, _fio(8, "/tmp/fio.iolog"), env)
+        start = json.loads(_run(vm, f"{CLI} cbt map --json --store {STORE}", env))
+        assert not any(start), "something wrote the LU before fio did"
+        _run(vm, _fio(log="/tmp/fio.iolog", ios=1500), env)
         iolog = _run(vm, "cat /tmp/fio.iolog", env)
+        assert "write" in iolog, iolog[:2000]
         written = _written_blocks(iolog)
         marks = json.loads(_run(vm, f"{CLI} cbt map --json --store {STORE}", env))
         marked = {i for i, v in enumerate(marks) if v}
