@@ -269,3 +269,17 @@ def test_random_wrap_starts_a_new_generation(image):
         gen = m.generation_id
         m.new_generation()
         assert m.generation_id != gen and m.number == 1
+
+
+def test_enable_and_disable_are_refused_while_a_server_has_the_image(image):
+    """A server that opened the image without a map would write untracked: enable waits
+    for none to be open (FileDataBackend marks the image in use before it looks)."""
+    with FileDataBackend(image):
+        with pytest.raises(CbtError, match="open by a server"):
+            mapfile.enable(image)
+        assert not os.path.exists(image + ".cbt")
+    mapfile.enable(image)
+    with FileDataBackend(image), pytest.raises(CbtError, match="open by a server"):
+        mapfile.disable(image)
+    with FileDataBackend(image, read_only=True):  # a reader does not count
+        mapfile.disable(image)

@@ -81,6 +81,10 @@ class FileDataBackend:
             raise StoreError(errno.EINVAL, f"{path} is neither a regular file nor a block device")
         self._can_punch = punch_holes
         self._mutex = threading.Lock()
+        if not read_only:  # tracking is not switched on or off under a server (docs/cbt.md)
+            from tcmu_pr.cbt.locks import hold_in_use
+
+            hold_in_use(self._fd)
 
     @property
     def size(self) -> int:

@@ -53,12 +53,16 @@ class FileStore:
         if self._data is None:
             from tcmu_pr.cbt.mapfile import CbtMap
 
-            # every server that opens a tracked image marks its writes (docs/cbt.md)
+            # the image is marked in use first, then the map looked for: every server that
+            # opens a tracked image marks its writes (docs/cbt.md)
+            data = FileDataBackend(self.spec.path)
             try:
                 self._cbt = CbtMap.open_if_enabled(self.spec.path)
             except OSError as exc:
+                data.close()
                 raise StoreError(exc.errno or 22, f"change-block map: {exc}") from exc
-            self._data = FileDataBackend(self.spec.path, cbt=self._cbt)
+            data.cbt = self._cbt
+            self._data = data
         return self._data
 
     def join(self, on_change: ChangeHandler, on_loss: LossHandler) -> None:

@@ -18,6 +18,26 @@ from contextlib import contextmanager
 GATE = 0
 USERS = 1
 COPY = 2  # copy-on-write into the snapshots, and deleting one, one at a time
+#: On the image itself: every server that opens it for writing holds this byte shared
+#: (FileDataBackend), so ``cbt enable``/``disable`` can refuse while one is running (a
+#: server that opened the image without a map would not track). Far past any image's end.
+IN_USE = 1 << 62
+
+
+def hold_in_use(fd: int) -> None:
+    """A server's mark on the image (waits while enable/disable runs): taken before it
+    looks for the map, so an enable either sees it or finishes first."""
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _flock(fcntl.F_RDLCK, IN_USE))
+
+
+@contextmanager
+def image_unused(fd: int) -> Iterator[None]:
+    """Exclusive on the image's in-use byte, or BlockingIOError at once: a server has it."""
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, IN_USE))
+    try:
+        yield
+    finally:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, IN_USE))
 
 
 def _flock(kind: int, start: int) -> bytes:

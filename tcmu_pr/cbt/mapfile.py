@@ -66,8 +66,27 @@ def native() -> ModuleType:
     return _ring_native
 
 
+@contextmanager
+def _no_server(image: str, what: str) -> Iterator[None]:
+    """Hold off servers from opening ``image`` while tracking is switched; refuse at once
+    if one has it open (it would keep writing without the map, or into a removed one)."""
+    fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)  # a write lock wants a writable open
+    try:
+        with locks.image_unused(fd):
+            yield
+    except BlockingIOError:
+        raise CbtError(errno.EBUSY, f"{image} is open by a server: stop it to {what}") from None
+    finally:
+        os.close(fd)
+
+
 def enable(image: str, block_size: int | None = None) -> CbtInfo:
     """Create the map of ``image`` (a new generation, change number 1)."""
+    with _no_server(image, "enable tracking"):
+        return _enable(image, block_size)
+
+
+def _enable(image: str, block_size: int | None) -> CbtInfo:
     capacity = image_capacity(image)
     bs = geometry.default_block_size(capacity) if block_size is None else block_size
     try:
@@ -96,8 +115,15 @@ def enable(image: str, block_size: int | None = None) -> CbtInfo:
 
 
 def disable(image: str) -> None:
-    """Remove the map; refused while a server has it open or snapshots exist."""
+    """Remove the map; refused while a server has the image open or snapshots exist."""
     path = layout.map_path(image)
+    if not os.path.exists(path):
+        raise CbtError(errno.ENOENT, f"tracking is not enabled for {image}")
+    with _no_server(image, "disable tracking"):
+        _disable(image, path)
+
+
+def _disable(image: str, path: str) -> None:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
