@@ -192,3 +192,13 @@ def test_change_number_wrap_renews_the_generation(image):
         last = snapshot.create(image)
         assert last.changes_number == 255
         assert m.number == 1 and m.generation_id != gen and not any(m.map_bytes())
+
+
+def test_snapshot_header_fields_are_where_the_code_writes_them(image):
+    info = snapshot.create(image, diff_limit=8 * TRACK)
+    with CbtMap.open(image) as m, FileDataBackend(image, cbt=m) as data:
+        data.write(0, b"n" * (3 * TRACK))
+    with snapshot.Snapshot.open(image, info.number) as s:
+        fields = snapshot._HEAD.unpack_from(s.mm, 0)
+        assert fields[-1] == s.next_slot == 3 and fields[-2] == s.limit == 8
+        assert fields[3] == s.state == snapshot.READY

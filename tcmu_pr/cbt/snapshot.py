@@ -39,7 +39,7 @@ READY, CORRUPT = 1, 2
 # generation, diff limit (slots), next slot
 _HEAD = struct.Struct("<8sIIIIIxxxxQQ16sQQ")
 OFF_STATE = 16
-OFF_NEXT_SLOT = 80
+OFF_NEXT_SLOT = 72  # the last field of _HEAD
 OFF_REASON = 128
 REASON_LEN = 128
 _NAME = re.compile(r"\.cbt\.snap-(\d+)$")
