@@ -9,6 +9,7 @@ and a killed process's locks go with it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import struct
@@ -26,8 +27,13 @@ IN_USE = 1 << 62
 
 def hold_in_use(fd: int) -> None:
     """A server's mark on the image (waits while enable/disable runs): taken before it
-    looks for the map, so an enable either sees it or finishes first."""
-    fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _flock(fcntl.F_RDLCK, IN_USE))
+    looks for the map, so an enable either sees it or finishes first. A filesystem without
+    OFD locks serves untracked as before: enable cannot lock there either, so it refuses."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _flock(fcntl.F_RDLCK, IN_USE))
+    except OSError as err:
+        if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
 
 
 @contextmanager
