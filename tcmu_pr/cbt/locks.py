@@ -36,14 +36,19 @@ def hold_in_use(fd: int) -> None:
             raise
 
 
-@contextmanager
-def image_unused(fd: int) -> Iterator[None]:
-    """Exclusive on the image's in-use byte, or BlockingIOError at once: a server has it."""
-    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, IN_USE))
+def take_image(fd: int) -> bool:
+    """Exclusive on the image's in-use byte, at once; False when a server holds it."""
     try:
-        yield
-    finally:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, IN_USE))
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, IN_USE))
+    except OSError as err:
+        if err.errno in (errno.EAGAIN, errno.EACCES):  # a conflicting lock
+            return False
+        raise
+    return True
+
+
+def release_image(fd: int) -> None:
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, IN_USE))
 
 
 def _flock(kind: int, start: int) -> bytes:

@@ -72,10 +72,12 @@ def _no_server(image: str, what: str) -> Iterator[None]:
     if one has it open (it would keep writing without the map, or into a removed one)."""
     fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)  # a write lock wants a writable open
     try:
-        with locks.image_unused(fd):
+        if not locks.take_image(fd):
+            raise CbtError(errno.EBUSY, f"{image} is open by a server: stop it to {what}")
+        try:
             yield
-    except BlockingIOError:
-        raise CbtError(errno.EBUSY, f"{image} is open by a server: stop it to {what}") from None
+        finally:
+            locks.release_image(fd)
     finally:
         os.close(fd)
 
