@@ -78,9 +78,29 @@ uint32_t tcmu_ring_publish_nexus(struct ring_ctx *ctx, uint64_t handle, uint32_t
 void tcmu_ring_nexus_mode(struct ring_ctx *ctx, uint32_t on);
 int64_t tcmu_ring_nexus(struct ring_ctx *ctx, uint32_t entry_off);
 int tcmu_ring_kflags(struct ring_ctx *ctx, uint32_t entry_off);
+#define CBT_HEADER_SIZE ...
+#define CBT_OFF_NUMBER ...
+#define CBT_OFF_INFLIGHT ...
+#define CBT_OFF_FREEZE ...
+#define CBT_OFF_COW ...
+struct cbt_map { uint64_t block_count; uint32_t block_shift; uint64_t marked; uint64_t punted;
+                 ...; };
+uint64_t tcmu_cbt_file_size(uint64_t block_count);
+int tcmu_cbt_attach(struct cbt_map *m, void *base, uint64_t len);
+int tcmu_cbt_enter(struct cbt_map *m, int force);
+void tcmu_cbt_leave(struct cbt_map *m);
+int tcmu_cbt_mark(struct cbt_map *m, uint64_t off, uint64_t len);
+int tcmu_cbt_write_begin(struct cbt_map *m, uint64_t off, uint64_t len);
+void tcmu_cbt_set_freeze(struct cbt_map *m, uint32_t on);
+uint32_t tcmu_cbt_inflight(struct cbt_map *m);
+void tcmu_cbt_reset_inflight(struct cbt_map *m);
+int tcmu_ring_cbt(struct ring_ctx *ctx, struct cbt_map *cbt);
 int tcmu_ring_run(struct ring_ctx *ctx, int wait_fd, uint32_t event_size, int timeout_ms,
                   uint32_t *punts, uint32_t max_punts);
 """
+
+#: ring.c and the change-block tracking it calls on writes
+SOURCES = ("ring.c", "cbt.c")
 
 CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 
@@ -102,7 +122,7 @@ def make_builder(
     ffi.set_source(
         module,
         '#include "ring.h"',
-        sources=[str(HERE / "ring.c") if absolute else os.path.relpath(HERE / "ring.c")],
+        sources=[str(HERE / n) if absolute else os.path.relpath(HERE / n) for n in SOURCES],
         include_dirs=[str(HERE)],
         extra_compile_args=CFLAGS + (extra_cflags or []),
         extra_link_args=extra_ldflags or [],

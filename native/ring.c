@@ -637,10 +637,17 @@ static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *e
 		fail(ctx, ent, SENSE_LBA_OUT_OF_RANGE);
 		return DONE;
 	}
+	/* change-block tracking: blocks marked before the data moves; a write the map must
+	 * not take yet (snapshot being taken, copy-on-write pending) goes to Python */
+	struct cbt_map *cbt = write ? ctx->cbt : NULL;
+
+	if (cbt && tcmu_cbt_write_begin(cbt, lba * ctx->block_size, blocks * ctx->block_size))
+		return PUNT;
 	ctx->stats.fast++;
 	/* FUA needs its own flush after its data: that one takes the synchronous path;
-	 * write-through writes are flushed per batch when reaped */
-	if (ctx->ops->submit && !fua &&
+	 * write-through writes are flushed per batch when reaped; a tracked write too (it
+	 * stays counted in flight until its data is in) */
+	if (ctx->ops->submit && !fua && !cbt &&
 	    submit_cmd(ctx, ent, (uint32_t)cnt, write, lba * ctx->block_size,
 		       blocks * ctx->block_size))
 		return DONE;
@@ -648,6 +655,8 @@ static enum disposition serve_cmd(struct ring_ctx *ctx, struct tcmu_cmd_entry *e
 		reap_all(ctx);
 	int r = data_io(ctx, raw, (uint32_t)cnt, write, lba * ctx->block_size,
 			blocks * ctx->block_size);
+	if (cbt)
+		tcmu_cbt_leave(cbt);
 	if (r == 0 && (fua || (write && ctx->write_through))) {
 		ctx->stats.flushes++;
 		if (ctx->ops->flush(ctx->backend))
@@ -700,6 +709,14 @@ int tcmu_ring_init(struct ring_ctx *ctx, void *map, uint64_t map_size, int kick_
 	ctx->max_transfer = UINT32_MAX;
 	ctx->verdict = RING_VERDICT_READ | RING_VERDICT_WRITE;
 	ctx->scan = tail;
+	return 0;
+}
+
+int tcmu_ring_cbt(struct ring_ctx *ctx, struct cbt_map *cbt)
+{
+	if (!ctx || !ctx->map || (cbt && !cbt->base))
+		return -EINVAL;
+	ctx->cbt = cbt;
 	return 0;
 }
 

@@ -15,6 +15,8 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#include "cbt.h"
+
 /* ---- kernel ABI (target_core_user.h) ---------------------------------------------- */
 
 #define TCMU_MAILBOX_VERSION 2
@@ -223,6 +225,8 @@ struct ring_ctx {
 	 * slot instead of verdict; written by Python, read before every data command. */
 	uint32_t nexus_mode;
 	uint32_t nexus_verdict[RING_NEXUS_SLOTS];
+	/* Change-block tracking of the LU (tcmu_ring_cbt), or NULL: writes are marked first. */
+	struct cbt_map *cbt;
 };
 
 /* Validate the mailbox and fill ctx. 0 or a RING_ERR_* / -errno. map and the mailbox's
@@ -294,6 +298,10 @@ int tcmu_ring_configure(struct ring_ctx *ctx, uint32_t max_transfer, int write_t
  * than punts), copied into out (16 bytes); returns the CDB length, or -EINVAL for another
  * opcode. For the test that pins it to the emulation's REPORT SUPPORTED OPERATION CODES. */
 int tcmu_ring_rw_usage(uint8_t opcode, uint8_t *out);
+
+/* Track writes in cbt (an attached map that outlives the ring's use of it), or stop
+ * tracking (NULL). 0 or -EINVAL. Tracked writes never take the submit/reap path. */
+int tcmu_ring_cbt(struct ring_ctx *ctx, struct cbt_map *cbt);
 
 /* Publish cmd_tail up to the scan point and kick the kernel; 0 or RING_ERR_PENDING. */
 int tcmu_ring_commit(struct ring_ctx *ctx);

@@ -29,10 +29,11 @@ Configure = Callable[[argparse.ArgumentParser], None]
 #: Modules whose import registers more subcommands (append yours).
 COMMAND_MODULES: list[str] = [
     "tcmu_pr.tools.demo", "tcmu_pr.tools.bench_store", "tcmu_pr.tools.bench_pr",
-    "tcmu_pr.tools.bench_ring",
+    "tcmu_pr.tools.bench_ring", "tcmu_pr.tools.bench_cbt",
     "tcmu_pr.lio.commands",
     "tcmu_pr.daemon.main", "tcmu_pr.system.install",
     "tcmu_pr.ublk.commands",
+    "tcmu_pr.cbt.commands",
 ]
 
 
@@ -58,6 +59,8 @@ GROUPS: dict[str, str] = {
     "bench": "measurements",
     "system": "set a gateway host up (systemd, D-Bus)",
     "ublk": "serve a LU's store as a local block device (/dev/ublkbN)",
+    "cbt": "change-block tracking of a file LU, for backup tools",
+    "snapshot": "copy-on-write snapshots of a file LU",
 }
 
 

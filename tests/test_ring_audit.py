@@ -244,7 +244,8 @@ def test_fuzz_harness_under_asan_and_ubsan(tmp_path):
     subprocess.run(
         ["gcc", "-std=gnu11", "-O1", "-g", "-fsanitize=address,undefined",
          "-fno-sanitize-recover=all", "-DRING_FUZZ_MAIN", f"-I{ROOT / 'native'}",
-         str(ROOT / "native" / "fuzz_ring.c"), str(ROOT / "native" / "ring.c"), "-o", str(exe)],
+         str(ROOT / "native" / "fuzz_ring.c"), str(ROOT / "native" / "ring.c"),
+         str(ROOT / "native" / "cbt.c"), "-o", str(exe)],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     rw16 = struct.pack(">BBQIBB", 0x88, 0, 0, 1, 0, 0)

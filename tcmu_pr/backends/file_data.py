@@ -11,6 +11,8 @@ their read-modify-write, so two devices of one LU on this host — separate open
 separate processes — cannot interleave on the same blocks; a mutex covers threads sharing
 this object, which an OFD lock alone would not exclude.  Plain writes take no lock (the
 native ring path writes without one too), so atomicity holds between CAWs and ORWRITEs only.
+
+With change-block tracking on (``cbt``), every change goes through ``_tracked`` first.
 """
 
 from __future__ import annotations
@@ -24,8 +26,12 @@ import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from tcmu_pr.backends.base import StoreError
+
+if TYPE_CHECKING:
+    from tcmu_pr.cbt.mapfile import CbtMap
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -48,9 +54,19 @@ class FileDataBackend:
 
     can_or_write = True
 
-    def __init__(self, path: str, *, read_only: bool = False, punch_holes: bool = True) -> None:
-        """Open ``path``; ``punch_holes=False`` always discards by writing zeros."""
+    def __init__(
+        self,
+        path: str,
+        *,
+        read_only: bool = False,
+        punch_holes: bool = True,
+        cbt: CbtMap | None = None,
+    ) -> None:
+        """Open ``path``; ``punch_holes=False`` always discards by writing zeros; ``cbt``:
+        the image's change-block map, which every write marks first (this object does not
+        own it)."""
         self.path = path
+        self.cbt = cbt
         try:
             self._fd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
         except OSError as exc:
@@ -65,6 +81,10 @@ class FileDataBackend:
             raise StoreError(errno.EINVAL, f"{path} is neither a regular file nor a block device")
         self._can_punch = punch_holes
         self._mutex = threading.Lock()
+        if not read_only:  # tracking is not switched on or off under a server (docs/cbt.md)
+            from tcmu_pr.cbt.locks import hold_in_use
+
+            hold_in_use(self._fd)
 
     @property
     def size(self) -> int:
@@ -82,7 +102,25 @@ class FileDataBackend:
             done += len(chunk)
         return b"".join(chunks)
 
+    @contextmanager
+    def _tracked(self, offset: int, length: int) -> Iterator[None]:
+        """Around every write-class change: blocks marked before the data moves, and the
+        live snapshots' copy-on-write done before it (docs/cbt.md)."""
+        if self.cbt is None:
+            yield
+            return
+        with self.cbt.writing(offset, length) as need_copy:
+            if need_copy:
+                from tcmu_pr.cbt import snapshot
+
+                snapshot.copy_before_write(self.cbt, offset, length, self.read)
+            yield
+
     def write(self, offset: int, data: bytes) -> None:
+        with self._tracked(offset, len(data)):
+            self._write(offset, data)
+
+    def _write(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
             written = os.pwrite(self._fd, view, offset)
@@ -95,6 +133,10 @@ class FileDataBackend:
         """Punch a hole; fall back to writing zeros once the filesystem says it cannot."""
         if length <= 0:
             return
+        with self._tracked(offset, length):
+            self._discard(offset, length)
+
+    def _discard(self, offset: int, length: int) -> None:
         if self._can_punch:
             mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
             if _fallocate(self._fd, mode, offset, length) == 0:
@@ -144,7 +186,7 @@ class FileDataBackend:
         end = offset + length
         while offset < end:
             n = min(len(zeros), end - offset)
-            self.write(offset, zeros[:n])
+            self._write(offset, zeros[:n])
             offset += n
 
     @contextmanager
@@ -159,20 +201,20 @@ class FileDataBackend:
     def compare_and_write(self, offset: int, expected: bytes, data: bytes) -> int | None:
         """Write ``data`` if the range holds ``expected``; else the first differing byte offset."""
         length = max(len(expected), len(data))
-        with self._range_locked(offset, length):
+        with self._tracked(offset, len(data)), self._range_locked(offset, length):
             current = self.read(offset, len(expected))
             if current != expected:
                 pairs = zip(current, expected, strict=True)
                 return next(i for i, (a, b) in enumerate(pairs) if a != b)
-            self.write(offset, data)
+            self._write(offset, data)
         return None
 
     def or_write(self, offset: int, data: bytes) -> None:
         """OR ``data`` into the range under the same lock COMPARE AND WRITE takes."""
-        with self._range_locked(offset, len(data)):
+        with self._tracked(offset, len(data)), self._range_locked(offset, len(data)):
             current = self.read(offset, len(data))
             merged = int.from_bytes(current, "little") | int.from_bytes(data, "little")
-            self.write(offset, merged.to_bytes(len(data), "little"))
+            self._write(offset, merged.to_bytes(len(data), "little"))
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -8,6 +8,8 @@ a file store needs no lease: a participant is either answering, or dead.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tcmu_pr.backends.base import (
     ChangeHandler,
     Confirmation,
@@ -19,6 +21,9 @@ from tcmu_pr.backends.file import FileSlot
 from tcmu_pr.backends.file_data import FileDataBackend
 from tcmu_pr.backends.file_peers import FilePeers
 from tcmu_pr.backends.store_spec import StoreSpec
+
+if TYPE_CHECKING:
+    from tcmu_pr.cbt.mapfile import CbtMap
 
 
 class FileStore:
@@ -33,6 +38,7 @@ class FileStore:
         self.options = options or StoreOptions()
         self._slot: FileSlot | None = None
         self._data: FileDataBackend | None = None
+        self._cbt: CbtMap | None = None
         self._peers = FilePeers(spec.path, self.options)
 
     def __repr__(self) -> str:
@@ -45,7 +51,18 @@ class FileStore:
 
     def data(self) -> FileDataBackend:
         if self._data is None:
-            self._data = FileDataBackend(self.spec.path)
+            from tcmu_pr.cbt.mapfile import CbtMap
+
+            # the image is marked in use first, then the map looked for: every server that
+            # opens a tracked image marks its writes (docs/cbt.md)
+            data = FileDataBackend(self.spec.path)
+            try:
+                self._cbt = CbtMap.open_if_enabled(self.spec.path)
+            except OSError as exc:
+                data.close()
+                raise StoreError(exc.errno or 22, f"change-block map: {exc}") from exc
+            data.cbt = self._cbt
+            self._data = data
         return self._data
 
     def join(self, on_change: ChangeHandler, on_loss: LossHandler) -> None:
@@ -69,3 +86,6 @@ class FileStore:
         if self._data is not None:
             self._data.close()
             self._data = None
+        if self._cbt is not None:
+            self._cbt.close()
+            self._cbt = None

@@ -226,7 +226,9 @@ class Device:
         fd = -1
         # Write-through promised (WCE=0): the fast path's writes must be durable at GOOD.
         write_through = False
+        cbt = None
         if isinstance(self.data, FileDataBackend):
+            cbt = self.data.cbt  # the image's change-block map: the loop marks writes too
             # O_DSYNC: each write returns once it is on stable storage, no flush needed
             flags = os.O_RDWR | os.O_CLOEXEC | (0 if p.write_cache else os.O_DSYNC)
             fd = os.open(p.config.store.path, flags)
@@ -248,6 +250,7 @@ class Device:
                 emu.block_size,
                 max_transfer=emu.max_transfer_lbas,
                 write_through=write_through,
+                cbt=cbt,
             )
         except BaseException:
             if fd >= 0:

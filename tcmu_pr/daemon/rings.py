@@ -15,13 +15,14 @@ import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tcmu_pr.netlink.devconfig import DeviceInfo
 from tcmu_pr.ring import uio
 from tcmu_pr.ring.loop import RingError, RingLoop
 
 if TYPE_CHECKING:
+    from tcmu_pr.cbt.mapfile import CbtMap
     from tcmu_pr.ring.rbd_backend import RbdRingBackend
 
 log = logging.getLogger(__name__)
@@ -67,14 +68,18 @@ class UioRingSource:
 def make_ring(
     kind: str, mm: mmap.mmap, kick_fd: int, backend: int | RbdRingBackend, size: int,
     block_size: int, *, max_transfer: int = 0, write_through: bool = False,
+    cbt: CbtMap | None = None,
 ) -> RingLoop:
     """The ring loop of ``kind`` ("native", "python", "auto": native when it is built).
 
     ``backend`` is a file descriptor, or an RBD image's ring backend, which only the native
     loop can drive.  ``max_transfer`` (blocks) and ``write_through`` are what the loop must
-    honour of the device's Block Limits and Caching pages (see NativeRing).
+    honour of the device's Block Limits and Caching pages (see NativeRing); ``cbt`` the
+    image's change-block map, which the loop marks before every write (docs/cbt.md).
     """
-    options = {"max_transfer": max_transfer, "write_through": write_through}
+    options: dict[str, Any] = {
+        "max_transfer": max_transfer, "write_through": write_through, "cbt": cbt,
+    }  # fmt: skip
     if kind in ("native", "auto"):
         try:
             from tcmu_pr.ring.native import NativeRing, load

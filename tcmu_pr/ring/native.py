@@ -14,10 +14,13 @@ import mmap
 import os
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tcmu_pr.ring.abi import MAX_PUNTS
 from tcmu_pr.ring.loop import RingError, wait_batch_over
+
+if TYPE_CHECKING:
+    from tcmu_pr.cbt.mapfile import CbtMap
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,7 @@ class NativeRing:
         deferred: bool = False,
         max_transfer: int = 0,
         write_through: bool = False,
+        cbt: CbtMap | None = None,
     ) -> None:
         mod = load(module)
         self._ffi: Any = mod.ffi
@@ -91,6 +95,7 @@ class NativeRing:
         self._buf: Any = None
         self._native: NativeBackend | None = None
         self._seen = 0  # ctx->busy when the verdict was last published
+        self._cbt: CbtMap | None = None  # kept alive while the loop may mark it
         if isinstance(backend, int):
             self._backend = self._ffi.new("struct ring_file_backend *")
             self._backend.fd = backend
@@ -108,9 +113,23 @@ class NativeRing:
         )
         if not rc:
             rc = self._lib.tcmu_ring_configure(self._ctx, max_transfer, write_through)
+        if not rc and cbt is not None:
+            rc = self.track(cbt)
         if rc:
             self.close()
             raise RingError(rc, "init")
+
+    def track(self, cbt: CbtMap | None) -> int:
+        """Mark writes in ``cbt`` from now on (None: stop); 0 or -EINVAL."""
+        if cbt is None:
+            self._cbt = None
+            return int(self._lib.tcmu_ring_cbt(self._ctx, self._ffi.NULL))
+        # the map's own cffi module attached it; this one may be another build of the same
+        # sources (sanitizers): hand the struct over by address
+        address = int(cbt.ffi.cast("uintptr_t", cbt.c))
+        rc = int(self._lib.tcmu_ring_cbt(self._ctx, self._ffi.cast("struct cbt_map *", address)))
+        self._cbt = cbt if rc == 0 else None
+        return rc
 
     def _attach(self, backend: NativeBackend) -> tuple[Any, Any]:
         """Cast another module's table and context into this module's types, after checking
@@ -240,6 +259,9 @@ class NativeRing:
     def close(self) -> None:
         """Drop the pointer into the mapping so the mmap can be closed; detach the backend
         (after this the ring calls nothing of it, so its owner may close it)."""
+        if self._cbt is not None and self._buf is not None:
+            self._lib.tcmu_ring_cbt(self._ctx, self._ffi.NULL)
+        self._cbt = None
         if self._buf is not None:
             self._ffi.release(self._buf)
             self._buf = None

@@ -13,6 +13,7 @@ import errno
 import mmap
 import os
 import threading
+from typing import TYPE_CHECKING
 
 from tcmu_pr import scsi
 from tcmu_pr.ring import layout as L
@@ -34,6 +35,9 @@ from tcmu_pr.ring.loop import NO_LEASE, RingError, coarse_ms, wait_batch_over
 from tcmu_pr.ring.rw import NO_TRANSFER_LIMIT, PR_CHANGERS, RW_OPCODES, decode_rw
 from tcmu_pr.scsi import INTERNAL_TARGET_FAILURE, CheckCondition
 
+if TYPE_CHECKING:
+    from tcmu_pr.cbt.mapfile import CbtMap
+
 _U32, _U64, _IOVEC = L.U32, L.U64, L.IOVEC
 
 
@@ -51,6 +55,7 @@ class PyRing:
         *,
         max_transfer: int = 0,
         write_through: bool = False,
+        cbt: CbtMap | None = None,
     ) -> None:
         if len(mm) < L.MAILBOX_SIZE or block_size <= 0:
             raise RingError(ERR_MAILBOX, "init")
@@ -82,6 +87,7 @@ class PyRing:
         self._num_blocks = dev_size // block_size
         self._max_transfer = max_transfer or NO_TRANSFER_LIMIT
         self._write_through = write_through
+        self._cbt = cbt
         self.verdict = VERDICT_READ | VERDICT_WRITE
         self.lease_ms = NO_LEASE
         #: Odd while process() serves a batch; what publish() saw, for drain().
@@ -259,6 +265,10 @@ class PyRing:
             assert range_error is not None
             self._fail(ent, range_error)
             return 0
+        cbt = self._cbt if rw.write else None
+        # as native/cbt.c: mark first; a freeze or a pending copy-on-write goes to Python
+        if cbt is not None and cbt.lib.tcmu_cbt_write_begin(cbt.c, rw.offset, rw.length):
+            return 1
         try:
             self._data_io(ent, cnt, rw.write, rw.offset, rw.length)
             if rw.fua or (rw.write and self._write_through):
@@ -270,6 +280,9 @@ class PyRing:
             self._fail(ent, scsi.WRITE_ERROR if rw.write else scsi.READ_ERROR)
         else:
             self._mm[ent + L.RSP_SCSI_STATUS] = scsi.GOOD
+        finally:
+            if cbt is not None:
+                cbt.lib.tcmu_cbt_leave(cbt.c)
         self._stats["fast"] += 1
         return 0
 
