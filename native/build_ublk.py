@@ -2,8 +2,8 @@
 
 setup.py lists this file in ``cffi_modules``; tests call :func:`make_builder` for an
 instrumented copy (AddressSanitizer/UBSan) in a temporary directory.  Links liburing
-(Debian: liburing-dev to build, liburing2 to run); not librbd: an RBD image's ops table
-comes from ``tcmu_pr._rbd_io`` as an address.
+(Debian: liburing-dev to build, liburing2 to run) and compiles native/cbt.c in; not librbd:
+an RBD image's ops table comes from ``tcmu_pr._rbd_io`` as an address.
 """
 
 from __future__ import annotations
@@ -94,14 +94,27 @@ struct ublk_qstats {
     uint64_t conflicts; uint64_t bad; uint64_t errors; uint64_t held;
 };
 struct ublk_backend_ops { ...; };
+struct cbt_map { uint64_t block_count; uint32_t block_shift; uint64_t marked; uint64_t punted;
+                 ...; };
 struct ublk_queue {
     int cdev_fd; uint16_t q_id; uint16_t depth; uint32_t buf_bytes; uint64_t dev_bytes;
     uint32_t lbs; int file_fd; const struct ublk_backend_ops *ops; void *ctx;
-    struct ublk_shared *sh; uint32_t ready; struct ublk_qstats stats; ...;
+    struct ublk_shared *sh; struct cbt_map *cbt; int cbt_fd; uint32_t ready;
+    struct ublk_qstats stats; ...;
 };
 int ublk_queue_run(struct ublk_queue *q);
 uint64_t ublk_coarse_ms(void);
+
+int tcmu_cbt_attach(struct cbt_map *m, void *base, uint64_t len);
+void tcmu_cbt_leave(struct cbt_map *m);
+uint32_t tcmu_cbt_inflight(struct cbt_map *m);
+struct ublk_cbt_punt { uint16_t q_id; uint16_t tag; uint64_t off; uint64_t len; ...; };
+int ublk_cbt_begin(struct cbt_map *m, const struct ublk_req *r);
+int ublk_cbt_resume(struct ublk_queue *q, uint16_t tag, int32_t res);
 """
+
+#: the queue loop and the change-block tracking it calls on writes (docs/cbt.md)
+SOURCES = ("ublk.c", "cbt.c")
 
 CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 
@@ -117,11 +130,10 @@ def make_builder(
     absolute ones (``absolute=True``)."""
     ffi = FFI()
     ffi.cdef(CDEF)
-    src = HERE / "ublk.c"
     ffi.set_source(
         module,
         '#include "ublk.h"',
-        sources=[str(src) if absolute else os.path.relpath(src)],
+        sources=[str(HERE / n) if absolute else os.path.relpath(HERE / n) for n in SOURCES],
         include_dirs=[str(HERE)],
         libraries=["uring", "pthread"],
         extra_compile_args=CFLAGS + (extra_cflags or []),

@@ -191,7 +191,7 @@ int ublk_decode(const struct ublk_io_desc *d, uint64_t dev_bytes, uint32_t lbs, 
 
 /* ---- the queue loop --------------------------------------------------------------------- */
 
-enum { T_IDLE, T_KERNEL, T_BACKEND, T_HELD, T_DONE };
+enum { T_IDLE, T_KERNEL, T_BACKEND, T_HELD, T_DONE, T_CBT };
 enum { K_CMD = 1, K_IO = 2, K_EVT = 3 };
 
 struct qloop;
@@ -200,6 +200,7 @@ struct tag {
 	struct qloop *ql;
 	uint16_t tag;
 	uint8_t state;
+	uint8_t cbt_in;	   /* entered in the change map: leave when answered */
 	struct ublk_req req;
 	uint64_t done;	   /* bytes of a READ/WRITE done so far (short transfers resume) */
 	uint64_t held_at;  /* coarse ms the I/O first waited for a lease, 0 = not held */
@@ -220,6 +221,7 @@ struct qloop {
 	uint32_t aborted;
 	uint32_t in_backend;
 	uint32_t held;
+	uint32_t cbt_out;  /* tags punted for change tracking, not yet handed back */
 	int efd;
 	uint64_t efd_val;
 	pthread_mutex_t lock; /* guards done[] for backend callbacks */
@@ -270,6 +272,10 @@ static void commit(struct qloop *ql, struct tag *t, int64_t res)
 
 	if (res < 0 && res != -EBADE)
 		q->stats.errors++;
+	if (t->cbt_in) { /* the write is over (done or failed): the snapshot taker may go on */
+		tcmu_cbt_leave(q->cbt);
+		t->cbt_in = 0;
+	}
 	atomic_store(&q->sh->tag_seq[(size_t)q->q_id * q->sh->depth + t->tag], 0);
 	t->held_at = 0;
 	queue_io_cmd(ql, t->tag, UBLK_IOCMD_COMMIT_AND_FETCH_REQ, (int32_t)res);
@@ -361,6 +367,33 @@ static void io_finished(struct qloop *ql, struct tag *t, int64_t res)
 	commit(ql, t, res);
 }
 
+/*
+ * Hand a write to the server's Python side, which waits out a snapshot being taken and
+ * copies the old data of its blocks into the live snapshots (durably) before it comes back
+ * through ublk_cbt_resume; the tag keeps its admission number meanwhile (a verdict change
+ * drains it like any I/O).
+ */
+static void punt_cbt(struct qloop *ql, struct tag *t)
+{
+	struct ublk_queue *q = ql->q;
+	struct ublk_cbt_punt p = {
+		.q_id = q->q_id, .tag = t->tag, .off = t->req.off, .len = t->req.len,
+	};
+	ssize_t n;
+
+	t->state = T_CBT;
+	ql->in_backend++;
+	ql->cbt_out++;
+	do
+		n = write(q->cbt_fd, &p, sizeof(p));
+	while (n < 0 && errno == EINTR);
+	if (n != (ssize_t)sizeof(p)) { /* no Python side to copy first: never write unsaved */
+		ql->in_backend--;
+		ql->cbt_out--;
+		commit(ql, t, -EIO);
+	}
+}
+
 /* A request the kernel handed over: check it, check the verdict, start it. */
 static void dispatch(struct qloop *ql, struct tag *t)
 {
@@ -422,8 +455,48 @@ static void dispatch(struct qloop *ql, struct tag *t)
 	}
 	/*
 	 * Change-tracking hook: every admitted WRITE, DISCARD and WRITE_ZEROES passes here,
-	 * with t->req.off/len in bytes, before the backend sees it.
+	 * with t->req.off/len in bytes, before the backend sees it.  Its blocks are marked
+	 * before it is issued; what needs a wait or a copy first goes to Python (punt_cbt).
 	 */
+	if (q->cbt && q->file_fd >= 0) {
+		rc = ublk_cbt_begin(q->cbt, &t->req);
+		if (rc == 1) {
+			punt_cbt(ql, t);
+			return;
+		}
+		t->cbt_in = rc == 0;
+	}
+	start_io(ql, t);
+}
+
+int ublk_cbt_begin(struct cbt_map *m, const struct ublk_req *r)
+{
+	if (r->be_op != UBLK_BE_WRITE && r->be_op != UBLK_BE_DISCARD &&
+	    r->be_op != UBLK_BE_WRITE_ZEROES)
+		return -1;
+	return tcmu_cbt_write_begin(m, r->off, r->len);
+}
+
+int ublk_cbt_resume(struct ublk_queue *q, uint16_t tag, int32_t res)
+{
+	struct qloop *ql = q->priv;
+
+	if (!ql || tag >= q->depth || ql->tags[tag].state != T_CBT)
+		return -EINVAL;
+	be_done(&ql->tags[tag], res > 0 ? -EIO : res);
+	return 0;
+}
+
+/* A punted tag came back from Python: write it (entered there), or answer its error. */
+static void cbt_resumed(struct qloop *ql, struct tag *t, int64_t res)
+{
+	ql->in_backend--;
+	ql->cbt_out--;
+	if (res < 0) {
+		commit(ql, t, res);
+		return;
+	}
+	t->cbt_in = 1;
 	start_io(ql, t);
 }
 
@@ -449,8 +522,13 @@ static void reap_backend(struct qloop *ql)
 		ql->n_done -= n;
 		pthread_mutex_unlock(&ql->lock);
 		for (uint32_t i = 0; i < n; i++)
-			if (batch[i].tag < ql->q->depth)
-				io_finished(ql, &ql->tags[batch[i].tag], batch[i].res);
+			if (batch[i].tag < ql->q->depth) {
+				struct tag *t = &ql->tags[batch[i].tag];
+				if (t->state == T_CBT)
+					cbt_resumed(ql, t, batch[i].res);
+				else
+					io_finished(ql, t, batch[i].res);
+			}
 	} while (n);
 }
 
@@ -540,7 +618,7 @@ int ublk_queue_run(struct ublk_queue *q)
 	rc = io_uring_queue_init(2 * q->depth + 8, &ql->ring, 0);
 	if (rc < 0)
 		goto out;
-	if (q->file_fd < 0) {
+	if (q->file_fd < 0 || q->cbt) { /* backend callbacks, tracked writes handed back */
 		ql->efd = eventfd(0, EFD_CLOEXEC);
 		if (ql->efd < 0 || arm_efd(ql) < 0) {
 			rc = -errno;
@@ -578,15 +656,30 @@ int ublk_queue_run(struct ublk_queue *q)
 out_ring:
 	io_uring_queue_exit(&ql->ring); /* first: its pending eventfd read would eat our wake-ups */
 	/* a backend callback still owed to us would write into freed memory: wait for it */
-	while (ql->in_backend && q->file_fd < 0) {
+	while ((ql->in_backend && q->file_fd < 0) || ql->cbt_out) {
 		uint64_t v;
 		if (read(ql->efd, &v, sizeof(v)) < 0 && errno != EINTR)
 			break;
 		pthread_mutex_lock(&ql->lock);
+		for (uint32_t i = 0; i < ql->n_done; i++) {
+			struct tag *t;
+			if (ql->done[i].tag >= q->depth)
+				continue;
+			t = &ql->tags[ql->done[i].tag];
+			if (t->state == T_CBT) {
+				ql->cbt_out--;
+				t->state = T_DONE;
+				if (ql->done[i].res == 0) /* entered for us: never leave it counted */
+					tcmu_cbt_leave(q->cbt);
+			}
+		}
 		ql->in_backend -= ql->n_done;
 		ql->n_done = 0;
 		pthread_mutex_unlock(&ql->lock);
 	}
+	for (uint16_t i = 0; q->cbt && i < q->depth; i++)
+		if (ql->tags[i].cbt_in) /* a write cut off by a fatal error */
+			tcmu_cbt_leave(q->cbt);
 out:
 	q->priv = NULL;
 	qloop_free(ql);

@@ -12,6 +12,7 @@
 
 #include <stdint.h>
 
+#include "cbt.h"
 #include "ublk_backend.h"
 
 /* ---- kernel ABI (Linux 6.12 include/uapi/linux/ublk_cmd.h) ---------------------------- */
@@ -199,6 +200,8 @@ struct ublk_queue {
 	const struct ublk_backend_ops *ops;
 	void *ctx;
 	struct ublk_shared *sh;
+	struct cbt_map *cbt; /* file image with change-block tracking (docs/cbt.md), or NULL */
+	int cbt_fd;	/* with cbt: write end of the pipe its punted writes go to */
 	/* read by the caller */
 	uint32_t ready; /* atomic: every FETCH_REQ is submitted (START_DEV may go) */
 	struct ublk_qstats stats;
@@ -208,6 +211,27 @@ struct ublk_queue {
 /* Serve the queue until every tag is aborted (STOP_DEV/DEL_DEV) or a fatal error; 0 or
  * -errno.  Runs on the calling thread, which the kernel then binds the queue to. */
 int ublk_queue_run(struct ublk_queue *q);
+
+/* ---- change-block tracking ------------------------------------------------------------ */
+
+/* A write the loop cannot start on its own (a snapshot is being taken, or a block still
+ * needs its copy-on-write): written whole to the queue's cbt_fd (< PIPE_BUF: atomic). */
+struct ublk_cbt_punt {
+	uint16_t q_id;
+	uint16_t tag;
+	uint32_t pad;
+	uint64_t off;
+	uint64_t len;
+};
+
+/* The loop's tracking step for one admitted request: -1 (not a change: READ, FLUSH),
+ * 0 (entered and marked: leave once it completes), 1 (nothing entered: punt). */
+int ublk_cbt_begin(struct cbt_map *m, const struct ublk_req *r);
+
+/* Hand a punted tag back: res 0 means the caller has entered the map for it and done any
+ * copy-on-write (the loop writes, then leaves), else the -errno to answer with.  Exactly
+ * once per punt record; -EINVAL for a tag that is not punted. */
+int ublk_cbt_resume(struct ublk_queue *q, uint16_t tag, int32_t res);
 
 /* CLOCK_MONOTONIC_COARSE in ms, the clock lease deadlines are in (tcmu_pr.ring.loop). */
 uint64_t ublk_coarse_ms(void);

@@ -85,6 +85,7 @@ def test_fuzz_harness_under_asan_and_ubsan(tmp_path):
         ["gcc", "-std=gnu11", "-O1", "-g", "-fsanitize=address,undefined",
          "-fno-sanitize-recover=all", "-DUBLK_FUZZ_MAIN", f"-I{ROOT / 'native'}",
          str(ROOT / "native" / "fuzz_ublk.c"), str(ROOT / "native" / "ublk.c"),
+         str(ROOT / "native" / "cbt.c"),
          "-luring", "-lpthread", "-o", str(exe)],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip

@@ -302,11 +302,25 @@ class CbtMap:
     def writing(self, offset: int, length: int) -> Iterator[bool]:
         """Around one write: marks its blocks first; yields whether a live snapshot still
         needs the old data of one of them copied (the caller copies, then writes)."""
+        need_copy = self.begin_write(offset, length)
+        try:
+            yield need_copy
+        finally:
+            self.end_write()
+
+    def begin_write(self, offset: int, length: int) -> bool:
+        """``writing`` split for a write another thread finishes (the ublk loop): entered
+        and marked; True when a live snapshot still needs a block's old data copied. Pair
+        with ``end_write`` (or the C side's tcmu_cbt_leave) once the write is done."""
         self._enter()
         try:
-            yield bool(self.lib.tcmu_cbt_mark(self.c, offset, length))
-        finally:
-            self.lib.tcmu_cbt_leave(self.c)
+            return bool(self.lib.tcmu_cbt_mark(self.c, offset, length))
+        except BaseException:
+            self.end_write()
+            raise
+
+    def end_write(self) -> None:
+        self.lib.tcmu_cbt_leave(self.c)
 
     def blocks(self, offset: int, length: int) -> range:
         r = geometry.block_range(offset, length, self.geometry.block_size)

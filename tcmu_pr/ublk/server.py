@@ -19,7 +19,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tcmu_pr.backends import open_store
 from tcmu_pr.backends.base import Store, StoreError
@@ -27,6 +27,10 @@ from tcmu_pr.backends.store_spec import StoreSpec, StoreSpecError
 from tcmu_pr.pr.nexus import Nexus
 from tcmu_pr.ublk import control, registry
 from tcmu_pr.ublk.native import UblkError, load
+from tcmu_pr.ublk.tracking import Tracking
+
+if TYPE_CHECKING:
+    from tcmu_pr.cbt.mapfile import CbtMap
 
 log = logging.getLogger("tcmu_pr.ublk")
 
@@ -74,7 +78,14 @@ class Data:
         self.fd = -1
         self.ops: Any = ffi.NULL
         self.ctx: Any = ffi.NULL
+        #: the image's change-block map when tracking is enabled (file stores only)
+        self.cbt: CbtMap | None = None
+        self.read: Any = None
         if spec.is_file:
+            # as every server of a file image: marked in use, then the map looked for, so
+            # tracking is not switched under this device (docs/cbt.md)
+            backend = store.data()
+            self.cbt, self.read = backend.cbt, backend.read
             self.fd = os.open(spec.path, os.O_RDWR | os.O_CLOEXEC)
             self.size = os.lseek(self.fd, 0, os.SEEK_END)
             self.discard_granularity = 4096
@@ -102,7 +113,8 @@ class Queues:
     """The device's queue threads, each in ``ublk_queue_run`` (the GIL released)."""
 
     def __init__(self, mod: Any, cdev_fd: int, info: control.DevInfo, size: int,
-                 block_size: int, data: Data, verdict: Verdict) -> None:  # fmt: skip
+                 block_size: int, data: Data, verdict: Verdict,
+                 tracking: Tracking | None = None) -> None:  # fmt: skip
         ffi, lib = mod.ffi, mod.lib
         self._lib = lib
         self.queues = []
@@ -114,6 +126,8 @@ class Queues:
             q.buf_bytes, q.dev_bytes, q.lbs = info.max_io_bytes, size, block_size
             q.file_fd, q.ops, q.ctx, q.sh = data.fd, data.ops, data.ctx, verdict.shared
             self.queues.append(q)
+        if tracking is not None:
+            tracking.attach(self.queues)
         for q_id, q in enumerate(self.queues):
             t = threading.Thread(target=self._run, args=(q_id, q), name=f"ublk q{q_id}",
                                  daemon=True)  # fmt: skip
@@ -168,6 +182,7 @@ class Server:
         self.cdev_fd = -1
         self.queues: Queues | None = None
         self.verdict: Verdict | None = None
+        self.tracking: Tracking | None = None
 
     def _lost(self, lu: object, why: str) -> None:
         # The LU has already expired the lease (I/O waits); a new server with a new client
@@ -180,8 +195,12 @@ class Server:
         self.verdict = Verdict(self.mod, info.dev_id, info.nr_queues, info.depth, self.nexus)
         self.lu.add(self.verdict)
         self.cdev_fd = os.open(control.char_node(info.dev_id), os.O_RDWR | os.O_CLOEXEC)
+        if self.data.cbt is not None:
+            self.tracking = Tracking(self.mod, self.data.cbt, self.data.read, info.nr_queues,
+                                     info.depth)  # fmt: skip
+            log.info("change-block tracking on (%s)", self.data.cbt.info())
         self.queues = Queues(self.mod, self.cdev_fd, info, self.size, self.block_size, self.data,
-                             self.verdict)  # fmt: skip
+                             self.verdict, self.tracking)  # fmt: skip
         self.queues.wait_ready()
 
     def create(self, nr_queues: int, depth: int, report: Any) -> int:
@@ -225,8 +244,8 @@ class Server:
         for step in (self.ctrl.stop,):
             with contextlib.suppress(UblkError):
                 step(self.dev_id)
-        if self.queues is not None:
-            self.queues.join(5)
+        if self.queues is not None and self.queues.join(5):
+            self._close_tracking()
         if self.cdev_fd >= 0:
             os.close(self.cdev_fd)
             self.cdev_fd = -1
@@ -240,9 +259,17 @@ class Server:
         assert self.queues is not None
         self.queues.join()
         log.info("ublkb%s stopped; served %s", self.dev_id, self.queues.stats())
+        self._close_tracking()
         if self.cdev_fd >= 0:
             os.close(self.cdev_fd)
             self.cdev_fd = -1
+
+    def _close_tracking(self) -> None:
+        if self.tracking is not None:
+            log.info("change-block tracking: %d writes marked, %d waited or copied first",
+                     sum(int(m.marked) for m in self.tracking.maps), self.tracking.punts)  # fmt: skip
+            self.tracking.close()
+            self.tracking = None
 
     def close(self) -> None:
         self.lu.close()
