@@ -480,10 +480,18 @@ int ublk_cbt_begin(struct cbt_map *m, const struct ublk_req *r)
 int ublk_cbt_resume(struct ublk_queue *q, uint16_t tag, int32_t res)
 {
 	struct qloop *ql = q->priv;
+	uint64_t one = 1;
 
 	if (!ql || tag >= q->depth || ql->tags[tag].state != T_CBT)
 		return -EINVAL;
-	be_done(&ql->tags[tag], res > 0 ? -EIO : res);
+	/* the wake-up under the lock: once the loop has taken the last punt back it may free
+	 * ql, and nothing here may touch it after that */
+	pthread_mutex_lock(&ql->lock);
+	ql->done[ql->n_done].tag = tag;
+	ql->done[ql->n_done].res = res > 0 ? -EIO : res;
+	ql->n_done++;
+	(void)!write(ql->efd, &one, sizeof(one));
+	pthread_mutex_unlock(&ql->lock);
 	return 0;
 }
 

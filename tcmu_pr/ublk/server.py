@@ -266,8 +266,9 @@ class Server:
 
     def _close_tracking(self) -> None:
         if self.tracking is not None:
+            marked = sum(int(m.marked) for m in self.tracking.maps)
             log.info("change-block tracking: %d writes marked, %d waited or copied first",
-                     sum(int(m.marked) for m in self.tracking.maps), self.tracking.punts)  # fmt: skip
+                     marked, self.tracking.punts)  # fmt: skip
             self.tracking.close()
             self.tracking = None
 

@@ -4,7 +4,8 @@
 (file and RBD stores); the LU's reservations apply to it as to any initiator (a reservation
 taken through a tcm_loop path refuses its writes with EBADE, and one it takes through
 ``tcmu-pr pr exec`` under its nexus refuses the path's writes); kill -9 of its server and
-``recover`` during fio verify; and bad parameters that leave no device behind.
+``recover`` during fio verify; change-block tracking and a snapshot taken while a writer
+goes on (file store); and bad parameters that leave no device behind.
 """
 
 from __future__ import annotations
@@ -204,6 +205,95 @@ cat /tmp/fio.json
     r = fio_result(out[out.index("AFTER 0"):])
     print(f"recovery during fio verify: {r}")
     assert r["error"] == 0 and r["write_kib"] == 24 * 1024
+
+
+#: Sequential O_DIRECT writes of whole 64 KiB blocks FIRST..LAST-1, each filled with VALUE.
+WRITER = """
+import mmap, os, sys, time
+dev, value, first, last = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+pause = float(sys.argv[5])
+fd = os.open(dev, os.O_WRONLY | os.O_DIRECT)
+buf = mmap.mmap(-1, 65536)
+buf[:] = bytes([value]) * 65536
+for b in range(first, last):
+    os.pwrite(fd, buf, b * 65536)
+    time.sleep(pause)
+os.close(fd)
+"""
+
+#: The snapshot of a sequential writer's second pass (0x22 over 0x11, blocks 100..1023) must
+#: be a prefix state: blocks [100, k) new, [k, 1024) old, the rest as the image; the map
+#: marks [100, k) with the change number before the snapshot (1), [k, 1024) with the next.
+CHECK = """
+import json, sys
+snap = open("/tmp/snap.img", "rb").read()
+image = open(sys.argv[1], "rb").read()
+cmap = json.load(open("/tmp/map2.json"))
+K = 65536
+def blk(d, b):
+    return d[b * K:(b + 1) * K]
+k = 100
+while k < 1024 and blk(snap, k) == bytes([0x22]) * K:
+    k += 1
+ok = all(blk(snap, b) == bytes([0x11]) * K for b in range(k, 1024))
+ok = ok and snap[:100 * K] == image[:100 * K] and len(snap) == len(image)
+landed = all(blk(image, b) == bytes([0x22]) * K for b in range(100, 1024))
+marks = all(cmap[b] == (1 if b < k else 2) for b in range(100, 1024))
+print(f"PREFIX {k} snapshot-ok {ok} landed {landed} marks-ok {marks}")
+"""
+
+
+def test_tracked_file_store_map_and_snapshot(ready):
+    """ublk is a tracked data path: `cbt enable` before `ublk add`; writes, discards and
+    write-zeroes through the device are in the map (exactly their blocks), and a snapshot
+    taken while a writer overwrites the image reads back as one point in time."""
+    vm = ready
+    sh(vm, layouts.RESET)
+    store = f"file:{IMG}"
+    out = sh(vm, f"""
+cat >/tmp/w.py <<'PYEOF'
+{WRITER}
+PYEOF
+cat >/tmp/check.py <<'PYEOF'
+{CHECK}
+PYEOF
+rm -f {IMG} {IMG}.cbt*; truncate -s 64M {IMG}
+$TCMU_PR cbt enable --store {store} --block-size 65536
+dev=$($TCMU_PR ublk add --store {store} --depth 16)
+K=65536
+dd if=/dev/urandom of=$dev bs=4k count=1 seek=$((3 * 16 + 2)) oflag=direct status=none
+dd if=/dev/urandom of=$dev bs=32k count=4 seek=21 oflag=direct status=none  # blocks 10-12
+blkdiscard -f -o $((20 * K)) -l $K $dev
+blkdiscard -f -z -o $((30 * K)) -l $((2 * K)) $dev
+$TCMU_PR cbt map --store {store} --json >/tmp/map1.json
+python3 -c 'import json; m = json.load(open("/tmp/map1.json"))
+print("MARKED", [b for b, n in enumerate(m) if n])'
+python3 /tmp/w.py $dev 17 100 1024 0
+python3 /tmp/w.py $dev 34 100 1024 0.004 &
+w=$!
+sleep 1
+n=$($TCMU_PR snapshot create --store {store})
+echo "SNAPSHOT $n"
+wait $w; echo "WRITER rc $?"
+$TCMU_PR snapshot list --store {store}
+$TCMU_PR snapshot read --number $n --store {store} >/tmp/snap.img
+$TCMU_PR cbt map --store {store} --json >/tmp/map2.json
+python3 /tmp/check.py {IMG}
+$TCMU_PR ublk del $dev
+grep -h "change-block tracking" /run/tcmu-pr/ublk/server.log | tail -2
+$TCMU_PR snapshot delete --number $n --store {store}
+$TCMU_PR cbt disable --store {store}
+""", timeout=900)
+    print("\n" + "\n".join(line for line in out.splitlines() if line.startswith(
+        ("MARKED", "SNAPSHOT", "WRITER", "PREFIX", "[")) or "change-block" in line))  # fmt: skip
+    assert "MARKED [3, 10, 11, 12, 20, 30, 31]" in out, out[-3000:]
+    assert "WRITER rc 0" in out
+    m = re.search(r"PREFIX (\d+) snapshot-ok (\w+) landed (\w+) marks-ok (\w+)", out)
+    assert m, out[-3000:]
+    k = int(m.group(1))
+    assert 100 < k < 1024, f"the snapshot was not taken while the writer went on: k={k}"
+    assert m.groups()[1:] == ("True", "True", "True"), out[-3000:]
+    assert '"state": "ready"' in out
 
 
 def test_bad_parameters_leave_no_device(ready):
