@@ -269,7 +269,7 @@ $TCMU_PR cbt map --store {store} --json >/tmp/map1.json
 python3 -c 'import json; m = json.load(open("/tmp/map1.json"))
 print("MARKED", [b for b, n in enumerate(m) if n])'
 python3 /tmp/w.py $dev 17 100 1024 0
-python3 /tmp/w.py $dev 34 100 1024 0.004 &
+python3 /tmp/w.py $dev 34 100 1024 0.01 &
 w=$!
 sleep 1
 n=$($TCMU_PR snapshot create --store {store})
