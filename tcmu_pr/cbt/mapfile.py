@@ -111,7 +111,7 @@ def _enable(image: str, block_size: int | None) -> CbtInfo:
     finally:
         os.close(fd)
         os.unlink(tmp)
-    _sync_dir(path)
+    sync_dir(path)
     with CbtMap.open(image, writer=False) as m:
         return m.info()
 
@@ -141,10 +141,11 @@ def _disable(image: str, path: str) -> None:
             os.unlink(path)
     finally:
         os.close(fd)
-    _sync_dir(path)
+    sync_dir(path)
 
 
-def _sync_dir(path: str) -> None:
+def sync_dir(path: str) -> None:
+    """Make a create, rename or unlink of ``path`` durable: its directory entry is data too."""
     dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(dfd)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from tcmu_pr.cbt import generation, layout, locks
-from tcmu_pr.cbt.mapfile import FREEZE_BUDGET_NS, CbtError, CbtMap, image_capacity
+from tcmu_pr.cbt.mapfile import FREEZE_BUDGET_NS, CbtError, CbtMap, image_capacity, sync_dir
 
 MAGIC = b"TCMUSNP1"
 VERSION = 1
@@ -275,22 +275,14 @@ def _write_files(image: str, number: int, m: CbtMap, limit: int) -> None:
     finally:
         os.close(fd)
     os.rename(tmp, meta)
-    _sync_dir(meta)
-
-
-def _sync_dir(path: str) -> None:
-    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    sync_dir(meta)
 
 
 def _remove(image: str, number: int) -> None:
     for path in (meta_path(image, number), diff_path(image, number)):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-    _sync_dir(meta_path(image, number))
+    sync_dir(meta_path(image, number))
 
 
 def delete(image: str, number: int) -> None:
