@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The ublk frontend against the kernel's own block devices on the same image, in the test VM.
 
-    tests/vm/bench_ublk.py [--stores file,rbd] [--seconds 8] [--size-mb 256] [--depth 32]
+    tests/vm/bench_ublk.py [--stores file,rbd] [--seconds 8] [--rounds 2] [--size-mb 256]
+                           [--depth 32]
 
 One VM boot.  ``file``: a raw image on tmpfs served by ``tcmu-pr ublk add`` and by
 ``losetup --direct-io=on``.  ``rbd``: one image on the guest's one-node Ceph cluster, filled
@@ -10,7 +11,10 @@ krbd (``rbd map``).  fio QD16, direct I/O (libaio): 4 KiB random read and write,
 sequential read and write.  Per case and backend: IOPS, MB/s, the user-space server's CPU
 time per I/O (its process's utime+stime over the run; none for loop and krbd, which run in
 the kernel) and the whole guest's busy CPU per I/O (fio included; the only figure that
-counts kernel-side work too).  Figures, not a test: QEMU/TCG on a shared 2-core host.
+counts kernel-side work too).  Figures, not a test: QEMU/TCG on a shared 2-core host, where
+one backend's run can differ from the next by 30 %: ``--rounds`` repeats every backend, the
+order reversed each round, and the table gives the mean of the rounds (each round's IOPS
+beside it).
 """
 
 from __future__ import annotations
@@ -42,14 +46,15 @@ ATTACH = {
     ("rbd", "ublk"): "dev=$($TCMU_PR ublk add --store rbd:{rbd} --depth {depth})\n"
                      "pid=$($TCMU_PR ublk list | awk -v d=$dev '$1 == d {{print $4}}')",
     ("rbd", "rbd-nbd"): "modprobe nbd; dev=$(rbd-nbd map {rbd}); pid=$(pgrep -x rbd-nbd | head -1)",
+    # noudev: the guest runs no udevd, and rbd map/unmap would wait for its event forever
     ("rbd", "krbd"): "modprobe rbd\n"
-                     "dev=$(timeout 60 rbd map --options ms_mode=prefer-crc {rbd}); pid=-",
+                     "dev=$(rbd map --options ms_mode=prefer-crc,noudev {rbd}); pid=-",
 }
 DETACH = {
     "ublk": "$TCMU_PR ublk del $dev",
     "loop": "losetup -d $dev",
     "rbd-nbd": "rbd-nbd unmap $dev",
-    "krbd": "rbd unmap $dev",
+    "krbd": "rbd unmap --options noudev $dev",
 }
 
 #: Guest: one fio case; prints "iops bw_kib server_cpu_s guest_busy_s".
@@ -119,10 +124,32 @@ def run(vm: vmrig.VM, store: str, backend: str, cases: list[str], seconds: int, 
     return results
 
 
+def mean(results: list[Result]) -> Result:
+    """One row for the rounds of one (store, backend, case)."""
+    n = len(results)
+    cpu = [r.server_us for r in results if r.server_us is not None]
+    first = results[0]
+    return Result(first.store, first.backend, first.case, sum(r.iops for r in results) / n,
+                  sum(r.mb_s for r in results) / n, sum(cpu) / len(cpu) if cpu else None,
+                  sum(r.guest_us for r in results) / n)  # fmt: skip
+
+
 def table(results: list[Result]) -> str:
-    rows = [["store", "case", "backend", "IOPS", "MB/s", "server CPU/IO", "guest CPU/IO"]]
+    rows = [["store", "case", "backend", "IOPS (mean)", "each round", "MB/s", "server CPU/IO",
+             "guest CPU/IO"]]  # fmt: skip
+    groups: dict[tuple[str, str, str], list[Result]] = {}
     for r in results:
-        rows.append([r.store, r.case, r.backend, f"{r.iops:,.0f}", f"{r.mb_s:,.1f}",
+        groups.setdefault((r.store, r.case, r.backend), []).append(r)
+    def order(key: tuple[str, str, str]) -> tuple[int, int, int]:
+        store, case, backend = key
+        return (list(STORE_BACKENDS).index(store), list(CASES).index(case),
+                STORE_BACKENDS[store].index(backend))  # fmt: skip
+
+    for key in sorted(groups, key=order):
+        rounds = groups[key]
+        r = mean(rounds)
+        rows.append([r.store, r.case, r.backend, f"{r.iops:,.0f}",
+                     " ".join(f"{x.iops:,.0f}" for x in rounds), f"{r.mb_s:,.1f}",
                      "-" if r.server_us is None else f"{r.server_us:.0f} us",
                      f"{r.guest_us:.0f} us"])  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -138,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--seconds", type=int, default=8)
     p.add_argument("--ramp", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--size-mb", type=int, default=256)
     p.add_argument("--depth", type=int, default=32, help="ublk queue depth")
     a = p.parse_args(argv)
@@ -151,15 +179,21 @@ def main(argv: list[str] | None = None) -> int:
         vm.run(layouts.RESET + "modprobe ublk_drv", timeout=120)
         for store in stores:
             prepare(vm, store, a.size_mb)
-            for backend in STORE_BACKENDS[store]:
-                print(f"bench-ublk: {store} {backend}", file=sys.stderr)
-                try:
-                    results += run(vm, store, backend, cases, a.seconds, a.ramp, a.size_mb,
-                                   a.depth)  # fmt: skip
-                except vmrig.VMError as err:  # one backend failing keeps the others' figures
-                    print(f"bench-ublk: {store} {backend} FAILED: {err}"[:2000], file=sys.stderr)
-                    failed.append(f"{store} {backend}")
-    print(f"fio QD16 direct libaio, {a.seconds} s per case (+{a.ramp} s ramp), "
+            for round_ in range(a.rounds):
+                order = STORE_BACKENDS[store][:: -1 if round_ % 2 else 1]
+                for backend in order:
+                    if f"{store} {backend}" in failed:
+                        continue
+                    print(f"bench-ublk: round {round_ + 1} {store} {backend}", file=sys.stderr)
+                    try:
+                        results += run(vm, store, backend, cases, a.seconds, a.ramp, a.size_mb,
+                                       a.depth)  # fmt: skip
+                    except vmrig.VMError as err:  # one backend failing keeps the others'
+                        print(f"bench-ublk: {store} {backend} FAILED: {err}"[:2000],
+                              file=sys.stderr)  # fmt: skip
+                        failed.append(f"{store} {backend}")
+    print(f"fio QD16 direct libaio, {a.seconds} s per case (+{a.ramp} s ramp), {a.rounds} "
+          "rounds (backend order reversed each round), "
           f"{a.size_mb} MiB image, ublk depth {a.depth}, QEMU/TCG 2 vCPUs")
     print(table(results))
     if failed:

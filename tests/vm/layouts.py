@@ -63,8 +63,8 @@ for pidfile in /run/tcmu-pr/daemon*.pid /run/tcmu-pr/tcmu-runner.pid; do
     rm -f "$pidfile"
 done
 rm -f /etc/tcmu-pr/topology.json
-for dev in /dev/rbd[0-9]*; do  # krbd mappings (loopback-mpath:lio-krbd)
-    [[ -b $dev ]] && rbd unmap "$dev" 2>/dev/null
+for dev in /dev/rbd[0-9]*; do  # krbd mappings (noudev: udevd may not run)
+    [[ -b $dev ]] && rbd unmap --options noudev "$dev" 2>/dev/null
 done
 true
 """
