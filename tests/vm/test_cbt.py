@@ -16,7 +16,7 @@ import layouts
 import pytest
 import vmrig
 
-pytestmark = pytest.mark.vm
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("no_shared_vm")]
 
 IMAGE = "/var/lib/tcmu-pr/lu0.img"
 STORE = f"file:{IMAGE}"

@@ -9,7 +9,9 @@ and fence_mpath, and fio with verification through the map.
 
 Every client test runs twice in one booted VM: with the LU in an image file (``@file``) and
 on an RBD image of the guest's own Ceph cluster (``@rbd``, the PR state in its header).  Each
-test starts from a fresh layout with an empty PR store.
+test starts with an empty PR state: the scenario and the first client test on a fresh layout,
+the later client tests on the same layout after a PR OUT CLEAR (``lu``), which saves a layout
+set-up per test.
 """
 
 from __future__ import annotations
@@ -50,8 +52,13 @@ def store(request) -> str:
     return request.param
 
 
+#: The client tests' layout that is up now, by target (at most one entry): ``lu`` reuses it.
+_UP: dict[str, dict[str, str]] = {}
+
+
 def fresh(vm, backend: str = "ours", store: str = "file") -> dict[str, str]:
     """The loopback-mpath layout with a new image, no PR state and no APTPL leftovers."""
+    _UP.clear()  # the reset below takes down whatever layout was up
     if store == "nexus":
         backend, store = "ours-nexus", "file"
     return layouts.setup(vm, f"loopback-mpath:{backend}@{store}", fresh=True)
@@ -233,9 +240,28 @@ def results(out: str) -> dict[str, tuple[int, str]]:
     return found
 
 
+#: Empties the PR state of a layout that is up: REGISTER AND IGNORE on path 1 (allowed
+#: whatever is held), CLEAR, then take the unit attentions CLEAR left on the other paths.
+#: Exit 0 only if no key and no reservation remain.
+CLEAR_ALL = """
+sg_persist -n -o -I -S 0x7e57 ${P[0]} >/dev/null && sg_persist -n -o -C -K 0x7e57 ${P[0]} \
+    >/dev/null || exit 1
+settle
+sg_persist -n -i -k ${P[0]} | grep -q "there are NO registered reservation keys" || exit 1
+sg_persist -n -i -r ${P[0]} | grep -q "there is NO reservation held"
+"""
+
+
 @pytest.fixture
 def lu(vm, store: str) -> dict[str, str]:
-    return fresh(vm, store=store)
+    """The target's layout with no registrations and no reservation: the one the previous
+    client test used once CLEAR_ALL empties it, else a fresh one (the first test, a test that
+    broke the layout, another layout in between)."""
+    env = _UP.get(store)
+    if env is None or vm.run(PRELUDE + CLEAR_ALL, env=env, timeout=120)[0] != 0:
+        env = fresh(vm, store=store)
+    _UP[store] = env
+    return env
 
 
 def test_block_ioctls_on_one_path(vm, lu) -> None:
@@ -413,11 +439,11 @@ fio --name=verify --filename=$M --rw=randwrite --verify=crc32c --verify_fatal=1 
 
 # --- persistence across a power cycle ------------------------------------------------------
 
-@pytest.mark.parametrize("where", STORES)
-def test_aptpl_registrations_and_reservation_survive_a_vm_reboot(tmp_path, where: str) -> None:
+def test_aptpl_registrations_and_reservation_survive_a_vm_reboot(tmp_path) -> None:
     """Two boots on one disk (vmrig's ``overlay``): APTPL registrations and a reservation
     made before the power-off are there after it, through a new daemon and a new layout (on
-    RBD: the guest's cluster, resumed on its data, too)."""
+    RBD: the guest's cluster, resumed on its data, too).  Both stores in the one pair of
+    boots: each LU gets its state in the first, each is checked in the second."""
     disk = tmp_path / "disk.qcow2"
     check = PRELUDE + """
 settle
@@ -425,17 +451,22 @@ sg_persist -n -i -k ${P[2]}; sg_persist -n -i -r ${P[2]}; sg_persist -n -i -c ${
 t write-p3 w1 ${P[2]}
 t write-p2 w1 ${P[1]}
 """
+    before, after = {}, {}
     with vmrig.VM(overlay=disk, memory_mb=1024) as first:
-        env = fresh(first, store=where)
-        sh(first, PRELUDE + """
+        for where in STORES:  # a new disk: nothing to remove; the next layout keeps this one's
+            env = layouts.setup(first, f"loopback-mpath:ours@{where}")
+            sh(first, PRELUDE + """
 sg_persist -n -o -G -Z -S 0xa1 ${P[0]} && sg_persist -n -o -G -Z -S 0xa2 ${P[1]}
 sg_persist -n -o -R -K 0xa1 --prout-type=5 ${P[0]}""", env=env)
-        before = sh(first, check, env=env)
+            before[where] = sh(first, check, env=env)
     with vmrig.VM(overlay=disk, memory_mb=1024) as second:
-        env = layouts.setup(second, f"loopback-mpath:ours@{where}")
-        after = sh(second, check, env=env)
-    assert "2 registered reservation keys follow:\n    0xa1\n    0xa2" in before
-    assert "Key=0xa1\n    scope: LU_SCOPE,  type: Write Exclusive, registrants only" in before
-    assert "Persist Through Power Loss Active(PTPL_A): 1" in before
-    assert "[write-p3] rc=24" in before and "[write-p2] rc=0" in before
-    assert after == before
+        for where in STORES:
+            env = layouts.setup(second, f"loopback-mpath:ours@{where}")
+            after[where] = sh(second, check, env=env)
+    for where in STORES:
+        b = before[where]
+        assert "2 registered reservation keys follow:\n    0xa1\n    0xa2" in b, where
+        assert "Key=0xa1\n    scope: LU_SCOPE,  type: Write Exclusive, registrants only" in b
+        assert "Persist Through Power Loss Active(PTPL_A): 1" in b
+        assert "[write-p3] rc=24" in b and "[write-p2] rc=0" in b
+        assert after[where] == b, where

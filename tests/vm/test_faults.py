@@ -17,6 +17,8 @@ import layouts
 import pytest
 
 pytestmark = pytest.mark.vm
+#: Ceph daemons killed, gateways frozen: a VM of its own, not the one other modules share.
+OWN_VM = True
 
 FAULTS = "python3 /mnt/repo/tests/vm/scenarios/faults.py"
 STORES = ("file", "rbd")

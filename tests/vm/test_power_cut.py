@@ -12,7 +12,7 @@ import pytest
 import vmrig
 from test_faults import FAULTS, STORES, scenario, two_gateways
 
-pytestmark = pytest.mark.vm
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("no_shared_vm")]
 
 
 @pytest.mark.parametrize("where", STORES)

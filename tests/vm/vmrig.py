@@ -109,6 +109,11 @@ class VM:
             raise VMError(f"could not load the {module} target_core_user (rc {rc}):\n{out}")
         self.module = module
 
+    @property
+    def jobs(self) -> int:
+        """Jobs run so far (how long this guest kernel has been worked)."""
+        return self._seq
+
     def console_tail(self, n: int = 40) -> str:
         try:
             lines = self.console.read_text(errors="replace").splitlines()
