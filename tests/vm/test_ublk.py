@@ -5,7 +5,8 @@
 taken through a tcm_loop path refuses its writes with EBADE, and one it takes through
 ``tcmu-pr pr exec`` under its nexus refuses the path's writes); kill -9 of its server and
 ``recover`` during fio verify; change-block tracking and a snapshot taken while a writer
-goes on (file store); and bad parameters that leave no device behind.
+goes on (file store), and kill -9 of a tracked server mid-write losing no mark; and bad
+parameters that leave no device behind.
 """
 
 from __future__ import annotations
