@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Change-block tracking's cost on the real kernel: fio through ONE tcm_loop path of our
-daemon, the same tmpfs image with tracking off and on, in the test VM.
+"""Change-block tracking's cost on the real kernel: the same tmpfs image with tracking off
+and on, in the test VM, through ONE tcm_loop path of our daemon or through a ublk device.
 
-    tests/vm/bench_cbt.py [--seconds 15] [--rounds 2] [--size-mb 256]
+    tests/vm/bench_cbt.py [--path tcmu|ublk] [--seconds 15] [--rounds 2] [--size-mb 256]
 
-One boot; bench.py's image (/dev/shm, fully written), layout (loopback-mpath, backend
-ours, 2 paths) and fio case script (QD16, direct, libaio), so IOPS and the daemon's CPU time
-per I/O are measured exactly as there. Tracking is switched with ``tcmu-pr cbt enable`` /
-``disable`` while no daemon runs; rounds alternate the order. Figures, not a test: QEMU/TCG
-on a shared host (±30 % between runs): compare within one run.
+One boot. ``tcmu`` (default): bench.py's image (/dev/shm, fully written), layout
+(loopback-mpath, backend ours, 2 paths) and fio case script (QD16, direct, libaio), so IOPS
+and the daemon's CPU time per I/O are measured exactly as there. ``ublk``: bench_ublk.py's
+image (/dev/shm, random data), ``tcmu-pr ublk add`` (depth 32, one queue) per case and its
+fio script (QD16, direct, libaio; CPU per I/O is the ublk server's). Tracking is switched
+with ``tcmu-pr cbt enable`` / ``disable`` while nothing serves the image; rounds alternate
+the order. Figures, not a test: QEMU/TCG on a shared host (±30 % between runs): compare
+within one run.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench
+import bench_ublk
 import layouts
 import vmrig
 
@@ -31,37 +35,58 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--size-mb", type=int, default=256)
     p.add_argument("--cases", default="randwrite4k,randread4k")
+    p.add_argument("--path", choices=("tcmu", "ublk"), default="tcmu",
+                   help="through a tcm_loop path of the daemon, or a ublk device")  # fmt: skip
     args = p.parse_args(argv)
     cases = args.cases.split(",")
-    best: dict[tuple[str, str], bench.Result] = {}
+    image = bench.IMAGE if args.path == "tcmu" else bench_ublk.IMAGE
+    #: (tracking, case) -> the best round's (IOPS, server CPU us per I/O)
+    best: dict[tuple[str, str], tuple[float, float]] = {}
     with vmrig.VM() as vm:
-        bench.prepare_image(vm, args.size_mb)
+        if args.path == "tcmu":
+            bench.prepare_image(vm, args.size_mb)
+        else:
+            vm.run(layouts.RESET + "modprobe ublk_drv", timeout=120)
+            bench_ublk.prepare(vm, "file", args.size_mb)
         for r in range(args.rounds):
             for on in ((False, True) if r % 2 else (True, False)):
                 # RESET's kill does not wait: enable/disable refuse while the daemon
                 # still has the image (EBUSY), so retry until the map is (not) there
-                store = f"--store file:{bench.IMAGE}"
+                store = f"--store file:{image}"
                 want = "-e" if on else "! -e"
                 act = f"{CLI} cbt {'enable' if on else 'disable'} {store} >/dev/null 2>&1"
-                switch = (f"for _ in $(seq 100); do [ {want} {bench.IMAGE}.cbt ] && break; "
-                          f"{act} || sleep 0.1; done; [ {want} {bench.IMAGE}.cbt ]")
+                switch = (f"for _ in $(seq 100); do [ {want} {image}.cbt ] && break; "
+                          f"{act} || sleep 0.1; done; [ {want} {image}.cbt ]")
                 rc, out = vm.run(f"{layouts.RESET}\n{switch}", env=layouts.GUEST_ENV)
                 if rc:
                     raise vmrig.VMError(f"cbt switch failed: {out}")
-                for res in bench.run_backend(vm, "ours", cases, args.seconds, 2, args.size_mb):
-                    key = ("on" if on else "off", res.case)
-                    if key not in best or res.iops > best[key].iops:
-                        best[key] = res
+                for case, iops, cpu_us in _measure(vm, args.path, cases, args.seconds,
+                                                   args.size_mb):  # fmt: skip
+                    key = ("on" if on else "off", case)
+                    print(f"bench-cbt: round {r} tracking {key[0]} {case}: {iops:,.0f} IOPS, "
+                          f"{cpu_us:.1f} us CPU/IO", file=sys.stderr)  # fmt: skip
+                    if key not in best or iops > best[key][0]:
+                        best[key] = (iops, cpu_us)
+    print(f"path {args.path}, best of {args.rounds} rounds of {args.seconds} s")
     print(f"{'case':<14} {'tracking':<9} {'IOPS':>10} {'CPU us/IO':>10}")
     for case in cases:
         for mode in ("off", "on"):
-            res = best[(mode, case)]
-            print(f"{case:<14} {mode:<9} {res.iops:>10,.0f} {res.cpu_us or 0:>10.1f}")
-        off, on_ = best[("off", case)], best[("on", case)]
-        cpu = (on_.cpu_us or 0) / (off.cpu_us or 1) - 1
-        print(f"{case:<14} cost: IOPS {(on_.iops / off.iops - 1) * 100:+.1f} %, "
-              f"CPU/IO {cpu * 100:+.1f} %")
+            iops, cpu_us = best[(mode, case)]
+            print(f"{case:<14} {mode:<9} {iops:>10,.0f} {cpu_us:>10.1f}")
+        (off_iops, off_cpu), (on_iops, on_cpu) = best[("off", case)], best[("on", case)]
+        print(f"{case:<14} cost: IOPS {(on_iops / off_iops - 1) * 100:+.1f} %, "
+              f"CPU/IO {(on_cpu / (off_cpu or 1) - 1) * 100:+.1f} %")
     return 0
+
+
+def _measure(vm: vmrig.VM, path: str, cases: list[str], seconds: int,
+             size_mb: int) -> list[tuple[str, float, float]]:  # fmt: skip
+    """One round's (case, IOPS, server CPU us per I/O): the daemon's, or the ublk server's."""
+    if path == "tcmu":
+        return [(res.case, res.iops, res.cpu_us or 0.0)
+                for res in bench.run_backend(vm, "ours", cases, seconds, 2, size_mb)]
+    return [(res.case, res.iops, res.server_us or 0.0)
+            for res in bench_ublk.run(vm, "file", "ublk", cases, seconds, 1, size_mb, 32)]
 
 
 if __name__ == "__main__":
