@@ -10,13 +10,15 @@ and the daemon's CPU time per I/O are measured exactly as there. ``ublk``: bench
 image (/dev/shm, random data), ``tcmu-pr ublk add`` (depth 32, one queue) per case and its
 fio script (QD16, direct, libaio; CPU per I/O is the ublk server's). Tracking is switched
 with ``tcmu-pr cbt enable`` / ``disable`` while nothing serves the image; rounds alternate
-the order. Figures, not a test: QEMU/TCG on a shared host (±30 % between runs): compare
-within one run.
+the order, and besides the best round per mode the median of the rounds' on/off ratios is
+printed (each ratio pairs two runs minutes apart at most, so the rig's drift cancels).
+Figures, not a test: QEMU/TCG on a shared host (±30 % between runs): compare within one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     image = bench.IMAGE if args.path == "tcmu" else bench_ublk.IMAGE
     #: (tracking, case) -> the best round's (IOPS, server CPU us per I/O)
     best: dict[tuple[str, str], tuple[float, float]] = {}
+    #: per round, (tracking, case) -> (IOPS, CPU us per I/O): on/off paired within a round
+    per_round: list[dict[tuple[str, str], tuple[float, float]]] = []
     with vmrig.VM() as vm:
         if args.path == "tcmu":
             bench.prepare_image(vm, args.size_mb)
@@ -49,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             vm.run(layouts.RESET + "modprobe ublk_drv", timeout=120)
             bench_ublk.prepare(vm, "file", args.size_mb)
         for r in range(args.rounds):
+            per_round.append({})
             for on in ((False, True) if r % 2 else (True, False)):
                 # RESET's kill does not wait: enable/disable refuse while the daemon
                 # still has the image (EBUSY), so retry until the map is (not) there
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                     key = ("on" if on else "off", case)
                     print(f"bench-cbt: round {r} tracking {key[0]} {case}: {iops:,.0f} IOPS, "
                           f"{cpu_us:.1f} us CPU/IO", file=sys.stderr)  # fmt: skip
+                    per_round[-1][key] = (iops, cpu_us)
                     if key not in best or iops > best[key][0]:
                         best[key] = (iops, cpu_us)
     print(f"path {args.path}, best of {args.rounds} rounds of {args.seconds} s")
@@ -76,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         (off_iops, off_cpu), (on_iops, on_cpu) = best[("off", case)], best[("on", case)]
         print(f"{case:<14} cost: IOPS {(on_iops / off_iops - 1) * 100:+.1f} %, "
               f"CPU/IO {(on_cpu / (off_cpu or 1) - 1) * 100:+.1f} %")
+        # Drift between rounds exceeds the cost: pair on with off inside each round.
+        iops_r = [m[("on", case)][0] / m[("off", case)][0] for m in per_round]
+        cpu_r = [m[("on", case)][1] / (m[("off", case)][1] or 1) for m in per_round]
+        print(f"{case:<14} median of {len(per_round)} paired rounds: IOPS "
+              f"{(statistics.median(iops_r) - 1) * 100:+.1f} %, CPU/IO "
+              f"{(statistics.median(cpu_r) - 1) * 100:+.1f} % (rounds: IOPS "
+              + " ".join(f"{(x - 1) * 100:+.0f}" for x in iops_r) + " %)")
     return 0
 
 
