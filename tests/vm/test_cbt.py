@@ -49,26 +49,7 @@ def _fio(seconds: float = 0, log: str = "", seed: int = 1, ios: int = 0) -> str:
 UIMAGE = "/var/tmp/cbt-ublk.img"
 USTORE = f"file:{UIMAGE}"
 #: The blocks of UIMAGE that differ from its pre-load copy, and what the map says of them.
-UCHECK = f"""
-import json, subprocess, sys
-since = int(sys.argv[1])
-K, CHUNK = {TRACK}, 1 << 20
-changed, off = set(), 0
-with open("{UIMAGE}", "rb") as a, open("{UIMAGE}.pre", "rb") as b:
-    while True:
-        x, y = a.read(CHUNK), b.read(CHUNK)
-        if not x and not y:
-            break
-        if x != y:
-            changed.update((off + i) // K for i in range(0, CHUNK, 4096)
-                           if x[i:i + 4096] != y[i:i + 4096])
-        off += CHUNK
-marks = json.loads(subprocess.check_output(
-    [sys.executable, "-m", "tcmu_pr", "cbt", "map", "--json", "--store", "{USTORE}"]))
-missing = sorted(b for b in changed if marks[b] <= since)
-print(json.dumps({{"changed": len(changed), "marked": sum(1 for m in marks if m > since),
-                  "missing": len(missing)}}))
-"""
+UCHECK = f"python3 /mnt/repo/tests/vm/tools/cbt_changed.py {UIMAGE} {UIMAGE}.pre"
 
 
 def _ublk_under_load(vm, env) -> tuple[str, int, str, int]:
@@ -174,7 +155,7 @@ def test_tracking_snapshot_and_power_cut_through_tcmu(tmp_path):
 
         # the ublk image: the rule (renewed, or every changed block marked), the snapshot
         uinfo = json.loads(_run(again, f"{CLI} cbt info --store {USTORE}", layouts.GUEST_ENV))
-        check = json.loads(_run(again, f"python3 - {usince} <<'PYEOF'\n{UCHECK}\nPYEOF",
+        check = json.loads(_run(again, f"{UCHECK} {usince}",
                                 layouts.GUEST_ENV).strip().splitlines()[-1])  # fmt: skip
         usnaps = json.loads(_run(again, f"{CLI} snapshot list --store {USTORE}",
                                  layouts.GUEST_ENV))  # fmt: skip

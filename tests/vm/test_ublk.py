@@ -298,35 +298,8 @@ $TCMU_PR cbt disable --store {store}
     assert '"state": "ready"' in out
 
 
-#: Every 4 KiB piece of IMAGE that differs from PRE, by tracking block, against the map:
-#: each such block must carry a change number > SINCE (the one the run's snapshot froze),
-#: unless the generation was renewed. The image is read before the map: data visible in
-#: the image was marked before it was issued, so the map read after it holds that mark.
-CRASH_CHECK = """
-import json, subprocess, sys
-img, pre, since, gen0, label = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
-K, P, CHUNK = 65536, 4096, 1 << 20
-changed, pieces, off = set(), 0, 0
-with open(img, "rb") as a, open(pre, "rb") as b:
-    while True:
-        x, y = a.read(CHUNK), b.read(CHUNK)
-        if not x and not y:
-            break
-        if x != y:
-            for i in range(0, max(len(x), len(y)), P):
-                if x[i:i + P] != y[i:i + P]:
-                    pieces += 1
-                    changed.add((off + i) // K)
-        off += CHUNK
-cli = [sys.executable, "-m", "tcmu_pr"]
-store = "file:" + img
-info = json.loads(subprocess.check_output(cli + ["cbt", "info", "--store", store]))
-marks = json.loads(subprocess.check_output(cli + ["cbt", "map", "--json", "--store", store]))
-renewed = info["generation_id"] != gen0
-missing = [b for b in sorted(changed) if marks[b] <= since]
-print(f"CHECK {label} written {len(changed)} pieces {pieces} missing {len(missing)} "
-      f"renewed {renewed} marked {sum(1 for m in marks if m > since)} first {missing[:8]}")
-"""
+#: The guest tool that lists the blocks changed against a pre-run copy and the map's marks.
+CHANGED = "python3 /mnt/repo/tests/vm/tools/cbt_changed.py"
 
 #: One run: bump the change number with a snapshot (kept live or deleted at once), copy the
 #: image, serve it, fio random writes through the device, kill -9 the server mid-run, check;
@@ -354,7 +327,7 @@ for _ in $(seq 400); do
 done
 state=$($TCMU_PR ublk list | awk -v d=$dev '$1 == d {{print $2}}')
 echo "KILLED run {run} after {delay} s: $state"
-python3 /tmp/crash_check.py {img} /var/tmp/pre.img $since $gen kill-9
+echo "CHECK kill-9 $gen $({changed} {img} /var/tmp/pre.img $since)"
 if [[ {recover} == 1 ]]; then
     $TCMU_PR ublk recover $dev
     sleep 3
@@ -362,7 +335,7 @@ fi
 $TCMU_PR ublk del $dev
 wait $fio || true
 if [[ {recover} == 1 ]]; then
-    python3 /tmp/crash_check.py {img} /var/tmp/pre.img $since $gen after-recover
+    echo "CHECK after-recover $gen $({changed} {img} /var/tmp/pre.img $since)"
 fi
 if [[ {live} == 1 ]]; then
     got=$($TCMU_PR snapshot read --number $snap --store {store} | sha256sum | cut -c1-64)
@@ -383,9 +356,6 @@ def test_tracked_file_store_kill_9_mid_write_loses_no_mark(ready):
     sh(vm, layouts.RESET)
     store = f"file:{IMG}"
     sh(vm, f"""
-cat >/tmp/crash_check.py <<'PYEOF'
-{CRASH_CHECK}
-PYEOF
 rm -f {IMG} {IMG}.cbt*; truncate -s 128M {IMG}
 $TCMU_PR cbt enable --store {store} --block-size 65536
 """)
@@ -396,23 +366,23 @@ $TCMU_PR cbt enable --store {store} --block-size 65536
     lines = []
     for run in range(runs):
         last = run == runs - 1
-        out = sh(vm, CRASH_RUN.format(store=store, img=IMG, run=run, seed=run + 1,
+        out = sh(vm, CRASH_RUN.format(store=store, img=IMG, changed=CHANGED, run=run, seed=run + 1,
                                       delay=f"{rnd.uniform(2.0, 5.0):.2f}",
                                       live=int(run % 2 == 1 or last), recover=int(last)),
                  timeout=600)  # fmt: skip
         lines += [ln for ln in out.splitlines() if ln.startswith(("KILLED", "CHECK", "SNAP"))]
-        checks = re.findall(r"^CHECK (\S+) written (\d+) pieces (\d+) missing (\d+) "
-                            r"renewed (\w+) marked (\d+)", out, re.M)  # fmt: skip
+        checks = [(label, gen, json.loads(found)) for label, gen, found in
+                  re.findall(r"^CHECK (\S+) (\S+) (\{.*\})$", out, re.M)]  # fmt: skip
         assert checks and checks[0][0] == "kill-9", out[-3000:]
         assert len(checks) == (2 if last else 1), out[-3000:]
-        for label, written, pieces, missing, renewed, marked in checks:
-            assert int(written) > 0, f"run {run} ({label}): nothing written before the kill"
+        for label, gen, c in checks:
+            assert c["changed"] > 0, f"run {run} ({label}): nothing written before the kill"
             if label == "kill-9":
-                totals["blocks written"] += int(written)
-                totals["4k pieces"] += int(pieces)
-                totals["marked"] += int(marked)  # over-marking is allowed, shown here
-            totals["missing"] += int(missing)
-            totals["renewed"] += renewed == "True"
+                totals["blocks written"] += c["changed"]
+                totals["4k pieces"] += c["pieces"]
+                totals["marked"] += c["marked"]  # over-marking is allowed, shown here
+            totals["missing"] += c["missing"]
+            totals["renewed"] += c["generation_id"] != gen
         totals["runs"] += 1
         snap = re.search(r"^SNAPSHOT (\w+) PRE (\w+)$", out, re.M)
         if run % 2 == 1 or last:
